@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cl-replay",
+    version="0.1.0",
+    description="Continual learning with generative replay from a conditional-prior VAE (CP-VAE), in Avalanche",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cl_replay", "cl_replay.*", "strategies", "strategies.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.16",
+        "avalanche-lib>=0.6",
+        "numpy",
+        "scipy",
+        "tensorboard",
+        "click>=8",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["cl-replay=cl_replay.cli:main"]},
+)
