@@ -44,7 +44,7 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean for a posterior sample of each example."""
+        """The decoder's mean at the posterior mean (and most probable category) of each example."""
         raise NotImplementedError
 
     def sample_rows(self, per_row: int, max_rows: int = 10) -> torch.Tensor:

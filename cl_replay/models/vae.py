@@ -5,6 +5,8 @@ with q(z|x) = N(m(x), diag s^2(x)), the log-variance clipped to [-6, 2].
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,12 +34,16 @@ class GaussianEncoder(nn.Module):
 class VAE(GenerativeModel):
     """Encoder, prior and decoder composed; the prior decides what ``vae``, ``mog``, ... mean."""
 
-    def __init__(self, config: ModelConfig, prior: Prior | None = None) -> None:
+    def __init__(self, config: ModelConfig, prior: Prior | Callable[[GaussianEncoder], Prior] | None = None) -> None:
+        """``prior``: a Prior, a function building one from the model's encoder (the VampPrior), or
+        None for the standard normal."""
         super().__init__()
         self.config = config
         self.encoder = GaussianEncoder(config.input_dim, config.hidden, config.latent_dim)
         self.decoder = nn.Sequential(gated_mlp(config.latent_dim, config.hidden), glorot_linear(config.hidden, config.input_dim))
-        self.prior = prior if prior is not None else StandardNormalPrior(config.latent_dim)
+        if prior is None:
+            prior = StandardNormalPrior(config.latent_dim)
+        self.prior = prior if isinstance(prior, Prior) else prior(self.encoder)
         self.likelihood = make_likelihood(config.likelihood, config.input_dim)
 
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
