@@ -156,6 +156,10 @@ class _IdxDataset:
         """Folder holding the IDX gz files under ``root``."""
         return root / self.folder / "raw"
 
+    def files(self, root: Path) -> list[Path]:
+        """The four IDX gz files expected under ``root``."""
+        return [self.raw_dir(root) / f for pair in _IDX_FILES.values() for f in pair]
+
 
 _IDX_DATASETS: dict[str, _IdxDataset] = {
     "mnist": _IdxDataset("MNIST", tuple(str(d) for d in range(10))),
@@ -302,12 +306,7 @@ def _read_idx_pair(raw_dir: Path, part: str) -> tuple[torch.Tensor, torch.Tensor
 
 def _missing_idx_error(spec: _IdxDataset, root: Path, reason: str) -> DatasetError:
     """Error listing every expected IDX file of ``spec`` under ``root``."""
-    raw_dir = spec.raw_dir(root)
-    listing = "\n".join(
-        f"  {raw_dir / f}{'' if (raw_dir / f).is_file() else '   (missing)'}"
-        for files in _IDX_FILES.values()
-        for f in files
-    )
+    listing = "\n".join(f"  {f}{'' if f.is_file() else '   (missing)'}" for f in spec.files(root))
     return DatasetError(
         f"{spec.folder} not found under {root} ({reason}). Expected these files:\n{listing}\n"
         f"Copy the four standard IDX .gz files there (torchvision's layout), or "
@@ -317,8 +316,7 @@ def _missing_idx_error(spec: _IdxDataset, root: Path, reason: str) -> DatasetErr
 
 def _ensure_idx_files(spec: _IdxDataset, root: Path, download: bool) -> None:
     """Make sure the four IDX files exist, downloading them with torchvision if allowed."""
-    raw_dir = spec.raw_dir(root)
-    if all((raw_dir / f).is_file() for files in _IDX_FILES.values() for f in files):
+    if all(f.is_file() for f in spec.files(root)):
         return
     if not download:
         raise _missing_idx_error(spec, root, "download=False")
@@ -328,7 +326,7 @@ def _ensure_idx_files(spec: _IdxDataset, root: Path, download: bool) -> None:
         getattr(torchvision.datasets, spec.folder)(root=str(root), train=True, download=True)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
         raise _missing_idx_error(spec, root, f"download failed: {e}") from e
-    if not all((raw_dir / f).is_file() for files in _IDX_FILES.values() for f in files):
+    if not all(f.is_file() for f in spec.files(root)):
         raise _missing_idx_error(spec, root, "the download did not produce them")
 
 
@@ -391,7 +389,8 @@ def _ensure_omniglot_tree(root: Path, download: bool) -> None:
         raise _missing_omniglot_error(root, "the root is read-only, so nothing was downloaded")
     try:
         for d in missing:
-            torchvision.datasets.Omniglot(root=str(root), background=d.name == _OMNIGLOT_SETS[0], download=True)
+            background = d.name == _OMNIGLOT_SETS[0]
+            torchvision.datasets.Omniglot(root=str(root), background=background, download=True)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
         raise _missing_omniglot_error(root, f"download failed: {e}") from e
     if any(not d.is_dir() for d in missing):
@@ -407,10 +406,18 @@ def _omniglot_characters(root: Path) -> list[tuple[str, Path]]:
     names = [name for name, _ in alphabets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise DatasetError(f"Omniglot alphabets {duplicates} appear in both sets under {root / 'omniglot-py'}.")
+        raise DatasetError(
+            f"Omniglot alphabets {duplicates} appear in both sets under {root / 'omniglot-py'}; "
+            "remove the duplicates."
+        )
     return [
         (name, c) for name, a in alphabets for c in sorted(a.iterdir(), key=lambda p: p.name) if c.is_dir()
     ]
+
+
+def _class_names(characters: list[tuple[str, Path]]) -> list[str]:
+    """``"Alphabet/characterNN"`` for every character folder."""
+    return [f"{alphabet}/{c.name}" for alphabet, c in characters]
 
 
 def _decode_png(path: Path) -> torch.Tensor:
@@ -445,7 +452,7 @@ def _decode_omniglot(root: Path, characters: list[tuple[str, Path]]) -> _Omniglo
         x=torch.stack(images),
         y=torch.tensor(labels, dtype=torch.int64),
         groups=torch.tensor(groups, dtype=torch.int64),
-        class_names=[f"{alphabet}/{c.name}" for alphabet, c in characters],
+        class_names=_class_names(characters),
         group_names=group_names,
     )
 
@@ -488,17 +495,18 @@ def _write_omniglot_cache(path: Path, images: _OmniglotImages) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        warnings.warn(f"Could not write the Omniglot cache {path} ({e}); it will be decoded again next time.",
-                      stacklevel=3)
+        warnings.warn(
+            f"Could not write the Omniglot cache {path} ({e}); it will be decoded again next time.",
+            stacklevel=3,
+        )
 
 
 def _omniglot_images(root: Path, download: bool) -> _OmniglotImages:
     """All Omniglot images under ``root``, from the cache when it is valid."""
     _ensure_omniglot_tree(root, download)
     characters = _omniglot_characters(root)
-    class_names = [f"{alphabet}/{c.name}" for alphabet, c in characters]
     cache = _omniglot_cache_file(root)
-    images = _read_omniglot_cache(cache, class_names)
+    images = _read_omniglot_cache(cache, _class_names(characters))
     if images is None:
         images = _decode_omniglot(root, characters)
         _write_omniglot_cache(cache, images)
@@ -509,7 +517,9 @@ def _split_omniglot(images: _OmniglotImages) -> dict[str, Split]:
     """Cut the seeded permutation into the splits of :data:`OMNIGLOT_SPLIT_SIZES`."""
     needed = sum(OMNIGLOT_SPLIT_SIZES.values())
     if len(images.x) < needed:
-        raise DatasetError(f"Omniglot has {len(images.x)} images, the split needs {needed}; is the tree complete?")
+        raise DatasetError(
+            f"Omniglot has {len(images.x)} images, the split needs {needed}; is the tree complete?"
+        )
     order = torch.randperm(len(images.x), generator=torch.Generator().manual_seed(OMNIGLOT_SPLIT_SEED))
     splits, start = {}, 0
     for part, size in OMNIGLOT_SPLIT_SIZES.items():

@@ -96,7 +96,8 @@ def test_idx_splits_values_and_labels(tiny_mnist: Path, no_download: None) -> No
     d = load_dataset("mnist", tiny_mnist, binarize_eval=False)
     assert d.name == "mnist" and d.num_classes == 10 and d.class_names == [str(i) for i in range(10)]
     assert d.group_names is None and d.image_shape == (1, 28, 28)
-    assert [len(s) for s in (d.train, d.val, d.test)] == [N_TRAIN_SPLIT, N_TRAIN_FILE - N_TRAIN_SPLIT, N_TEST_FILE]
+    sizes = [len(s) for s in (d.train, d.val, d.test)]
+    assert sizes == [N_TRAIN_SPLIT, N_TRAIN_FILE - N_TRAIN_SPLIT, N_TEST_FILE]
     for split, first in ((d.train, 0), (d.val, N_TRAIN_SPLIT), (d.test, N_TRAIN_FILE)):
         n = len(split)
         assert split.x.dtype == torch.float32 and split.x.shape == (n, 784)
@@ -124,11 +125,14 @@ def test_eval_binarised_reproducibly_train_grey(tiny_mnist: Path, no_download: N
     torch.testing.assert_close(a.test.x.mean(), grey.test.x.mean(), atol=0.02, rtol=0)
 
 
-def test_fashion_mnist_shares_the_code_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_download: None) -> None:
+def test_fashion_mnist_shares_the_code_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_download: None
+) -> None:
     write_idx_files(tmp_path / "FashionMNIST" / "raw")
     monkeypatch.setattr(data, "MNIST_TRAIN_SIZE", N_TRAIN_SPLIT)
     d = load_dataset("fashion-mnist", tmp_path)
-    assert d.name == "fashion_mnist" and d.class_names[0] == "T-shirt/top" and d.class_names[9] == "Ankle boot"
+    assert d.name == "fashion_mnist"
+    assert d.class_names[0] == "T-shirt/top" and d.class_names[9] == "Ankle boot"
     assert len(d.train) == N_TRAIN_SPLIT and len(d.test) == N_TEST_FILE
 
 
@@ -137,7 +141,8 @@ def test_binarize_keeps_dtype_and_is_seeded() -> None:
     out = binarize(x, torch.Generator().manual_seed(1))
     assert out.dtype == torch.float64 and out.shape == x.shape and set(out.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(out, binarize(x, torch.Generator().manual_seed(1)))
-    assert torch.equal(binarize(torch.ones(3)), torch.ones(3)) and torch.equal(binarize(torch.zeros(3)), torch.zeros(3))
+    assert torch.equal(binarize(torch.ones(3)), torch.ones(3))
+    assert torch.equal(binarize(torch.zeros(3)), torch.zeros(3))
 
 
 @pytest.mark.parametrize(
@@ -194,7 +199,9 @@ def test_read_only_root_is_never_written(tmp_path: Path, no_download: None) -> N
         root.chmod(stat.S_IRWXU)
 
 
-def test_download_uses_torchvision_into_writable_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_uses_torchvision_into_writable_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(data, "MNIST_TRAIN_SIZE", N_TRAIN_SPLIT)
     calls = []
 
@@ -345,7 +352,9 @@ def test_omniglot_missing_tree_names_folders(tmp_path: Path, no_download: None) 
         assert str(tmp_path / "omniglot-py" / image_set) in str(info.value)
 
 
-def test_omniglot_too_few_images(tiny_omniglot: Path, monkeypatch: pytest.MonkeyPatch, no_download: None) -> None:
+def test_omniglot_too_few_images(
+    tiny_omniglot: Path, monkeypatch: pytest.MonkeyPatch, no_download: None
+) -> None:
     monkeypatch.setattr(data, "OMNIGLOT_SPLIT_SIZES", {"test": 8070, "val": 1345, "train": 23000})
     with pytest.raises(DatasetError, match="needs 32415"):
         load_dataset("omniglot", tiny_omniglot)

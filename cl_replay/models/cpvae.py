@@ -158,7 +158,10 @@ class CPVAE(GenerativeModel):
 
     @torch.no_grad()
     def sample_rows(self, per_row: int, max_rows: int = 10) -> torch.Tensor:
-        """One row per category, the ``max_rows`` most probable under q(c), most probable first."""
+        """One row per category, the ``max_rows`` most probable under q(c), most probable first
+        (a plain grid when there is a single category)."""
+        if self.categories == 1:
+            return super().sample_rows(per_row, max_rows)
         order = torch.argsort(self.aggregated_posterior, descending=True)[:max_rows]
         return torch.stack([self.sample(per_row, category=int(k)) for k in order])
 

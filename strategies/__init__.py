@@ -1,0 +1,45 @@
+"""Continual learning with generative replay in Avalanche.
+
+Modules (imported lazily: ``import strategies`` stays cheap, Avalanche loads on first use):
+
+* ``streams``: ``build_stream`` (split_mnist, split_fashion_mnist, split_omniglot; class- or
+  task-incremental) and ``stream_from_tensors`` over Avalanche's ``nc_benchmark``.
+* ``generators`` / ``generator_core``: ``ReplayGenerator`` (an Avalanche ``Generator``), the
+  category schedule that makes CP-VAE replay follow q(c), the generator's training loop.
+* ``replay``: ``ReplayStrategy`` (an Avalanche ``SupervisedTemplate``) with ``NoReplay``,
+  ``BufferReplay`` and ``GeneratorReplay`` sources; ``MLPClassifier``.
+* ``worker``: generator training in a parallel single-threaded process.
+* ``run``: ``CLConfig``, ``load_config``, ``run_experiment`` (the run folder).
+* ``cli``: the ``run`` click command; ``summary``: ``summarize_cl_runs``.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_stream": "streams",
+    "stream_from_tensors": "streams",
+    "ContinualStream": "streams",
+    "ExperienceTensors": "streams",
+    "STREAMS": "streams",
+    "ReplayGenerator": "generators",
+    "elbo_criterion": "generators",
+    "ReplayStrategy": "replay",
+    "MLPClassifier": "replay",
+    "NoReplay": "replay",
+    "BufferReplay": "replay",
+    "GeneratorReplay": "replay",
+    "CLConfig": "run",
+    "load_config": "run",
+    "run_experiment": "run",
+    "available_generators": "run",
+    "summarize_cl_runs": "summary",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

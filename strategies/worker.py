@@ -1,0 +1,157 @@
+"""Generator training in a separate single-threaded process, overlapping with the classifier.
+
+In experience t the generator learns from the experience's data and replay of its own copy frozen
+at the end of t-1; the classifier learns from the same data and replay of that same frozen copy.
+Neither needs the other's result of experience t, so on a CPU the two loops can run side by side
+in two single-threaded processes (one per core) instead of one after the other. The outcome is the
+same procedure as training them in sequence; only the wall time changes (about max instead of
+sum). The worker is started with ``spawn`` (fork after OpenMP/MKL initialisation is unsafe) and
+imports only ``generator_core`` and the model registry, not Avalanche.
+
+Messages are bytes produced by ``torch.save`` (robust, no shared-memory file descriptors).
+"""
+from __future__ import annotations
+
+import io
+import os
+import queue
+import traceback
+
+import torch
+
+__all__ = ["GeneratorWorker"]
+
+
+def _dumps(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _loads(blob: bytes):
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+class _ListWriter:
+    """Collects ``add_scalar`` calls; the main process replays them into TensorBoard."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag: str, value, step: int) -> None:
+        self.records.append((tag, float(value), int(step)))
+
+    def drain(self) -> list[tuple[str, float, int]]:
+        records, self.records = self.records, []
+        return records
+
+
+class _CounterProgress:
+    """``progress.update(n)`` into a shared counter the main process reads."""
+
+    def __init__(self, counter) -> None:
+        self.counter = counter
+
+    def update(self, n: int = 1) -> None:
+        self.counter.value += n
+
+
+def _worker_main(requests, replies, counter, init_blob: bytes) -> None:
+    try:
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(True)
+        from cl_replay.models import build_model
+
+        from .generator_core import GeneratorCore, GeneratorState, make_adam, train_generator
+
+        init = _loads(init_blob)
+        torch.manual_seed(init["seed"])
+        generator = GeneratorCore(build_model(init["model_config"]), init["name"])
+        generator.load_state_dict(init["state_dict"])
+        state = GeneratorState(make_adam(generator.parameters(), lr=init["lr"], betas=init["betas"]))
+        writer = _ListWriter()
+        progress = _CounterProgress(counter)
+        replies.put(_dumps({"status": "ready", "pid": os.getpid()}))
+    except BaseException:  # report start-up failures instead of dying silently
+        replies.put(_dumps({"status": "error", "error": traceback.format_exc()}))
+        return
+    while True:
+        blob = requests.get()
+        if blob is None:
+            return
+        try:
+            job = _loads(blob)
+            t = job["experience"]
+            previous = generator.frozen_copy() if t > 1 else None
+            stats = train_generator(generator, previous, job["x"], t, state, job["schedule"], progress=progress,
+                                    writer=writer)
+            state_dict = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+            replies.put(_dumps({"status": "ok", "state_dict": state_dict, "stats": stats, "logs": writer.drain()}))
+        except BaseException:
+            replies.put(_dumps({"status": "error", "error": traceback.format_exc()}))
+
+
+class GeneratorWorker:
+    """A persistent process that owns a copy of the generator and its optimizer.
+
+    ``submit(x, t)`` starts training on experience t; ``result()`` waits for it and returns
+    (state_dict, stats, TensorBoard records). ``progress_count()`` is the number of generator
+    iterations done so far (for the progress bar).
+    """
+
+    def __init__(self, generator, model_config, lr: float, betas: tuple[float, float], seed: int) -> None:
+        import torch.multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self._requests = context.Queue()
+        self._replies = context.Queue()
+        self._counter = context.RawValue("q", 0)
+        init = {
+            "model_config": model_config,
+            "name": generator.name,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()},
+            "lr": lr,
+            "betas": betas,
+            "seed": seed,
+        }
+        self.process = context.Process(
+            target=_worker_main, args=(self._requests, self._replies, self._counter, _dumps(init)), daemon=True,
+            name="cl-replay-generator",
+        )
+        self.process.start()
+        self._ready = False
+
+    def _receive(self) -> dict:
+        while True:
+            try:
+                message = _loads(self._replies.get(timeout=5.0))
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise RuntimeError(f"the generator worker process died (exit code {self.process.exitcode})")
+                continue
+            if message["status"] == "error":
+                raise RuntimeError("generator worker failed:\n" + message["error"])
+            return message
+
+    def submit(self, x: torch.Tensor, experience: int, schedule) -> None:
+        if not self._ready:
+            self._receive()  # the "ready" message
+            self._ready = True
+        self._requests.put(_dumps({"x": x.detach().cpu(), "experience": experience, "schedule": schedule}))
+
+    def result(self) -> tuple[dict, dict, list]:
+        message = self._receive()
+        return message["state_dict"], message["stats"], message["logs"]
+
+    def progress_count(self) -> int:
+        return int(self._counter.value)
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self._requests.put(None)
+                self.process.join(timeout=10)
+            finally:
+                if self.process.is_alive():
+                    self.process.terminate()
+                    self.process.join(timeout=5)

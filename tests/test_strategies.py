@@ -1,0 +1,420 @@
+"""Tests of the continual-learning package ``strategies``: streams, replay sampling, labels of
+replay, generator training across experiences, run outputs, bounds, CLI and summaries.
+
+Everything runs on tiny synthetic streams (8x8 images, small networks, a few iterations) on the
+CPU; one test reads real MNIST from the shared datasets folder and skips without it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from cl_replay.config import ConfigError
+from cl_replay.models import ModelConfig, build_model
+from strategies.generators import (
+    CategorySchedule,
+    GeneratorReplaySampler,
+    GeneratorSchedule,
+    GeneratorState,
+    ReplayGenerator,
+    largest_remainder_counts,
+    make_adam,
+    train_generator,
+)
+from strategies.replay import GeneratorReplay, MLPClassifier, NoReplay, ReplaySource, ReplayStrategy
+from strategies.run import CLConfig, average_forgetting, load_config, run_experiment
+from strategies.streams import build_stream, stream_from_tensors
+from strategies.summary import summarize_cl_runs
+
+SIDE = 8
+DIM = SIDE * SIDE
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_cpu():
+    """Tiny networks: one thread avoids OpenMP stalls on a shared 2-core machine; flush denormals."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_stream(n_experiences: int = 5, per_class: int = 60, scenario: str = "class", seed: int = 0):
+    """2 classes per experience; each class is a fixed random grey prototype plus small noise."""
+    g = torch.Generator().manual_seed(seed)
+    classes = 2 * n_experiences
+    prototypes = (torch.rand(classes, DIM, generator=g) > 0.5).float() * 0.8 + 0.1
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(classes).repeat_interleave(n)
+        x = (prototypes[y] + 0.1 * torch.randn(len(y), DIM, generator=g)).clamp(0, 1)
+        return x, y
+
+    train_x, train_y = draw(per_class)
+    test_x, test_y = draw(per_class // 3)
+    groups = [[2 * i, 2 * i + 1] for i in range(n_experiences)]
+    stream = stream_from_tensors("synthetic", train_x, train_y, test_x, test_y, groups, scenario=scenario)
+    stream.image_shape = (1, SIDE, SIDE)
+    return stream
+
+
+def tiny_model_config(**changes) -> ModelConfig:
+    config = ModelConfig(model="cpvae", input_dim=DIM, latent_dim=4, hidden=32, categories=6, likelihood="bernoulli")
+    return replace(config, **changes)
+
+
+def tiny_cl_config(tmp_path: Path, **changes) -> CLConfig:
+    values = dict(stream="split_mnist", generator="cpvae", iterations=5, batch_size=16, replay_batch_size=16,
+                  fc_units=32, aggregate_samples=200, eval_batch_size=64, grid_samples=20, progress=False,
+                  parallel_generator=False, out=str(tmp_path / "run"))
+    values.update(changes)
+    return CLConfig(**values)
+
+
+def make_strategy(stream, replay: ReplaySource, iterations: int = 20, replay_labels: str = "hard", **kwargs):
+    torch.manual_seed(0)
+    model = MLPClassifier(DIM, stream.num_classes, units=32)
+    return ReplayStrategy(
+        model=model, optimizer=make_adam(model.parameters(), lr=1e-2), replay=replay, num_classes=stream.num_classes,
+        scenario=stream.scenario, task_classes=stream.experience_classes, iterations=iterations, train_mb_size=16,
+        replay_mb_size=16, eval_mb_size=64, replay_labels=replay_labels, tensor_source=stream.tensors, **kwargs,
+    )
+
+
+def tiny_generator_replay(iterations: int = 20, batch_hook=None, model: str = "cpvae") -> GeneratorReplay:
+    torch.manual_seed(0)
+    generator = ReplayGenerator(build_model(tiny_model_config(model=model)), model)
+    schedule = GeneratorSchedule(iterations=iterations, batch_size=16, replay_batch_size=16,
+                                 temperature_iterations=iterations, aggregate_samples=200)
+    return GeneratorReplay(generator, schedule, lr=3e-3, batch_hook=batch_hook)
+
+
+# --------------------------------------------------------------------------- replay sampling
+
+
+def test_replay_category_counts_follow_hand_set_q_c():
+    generator = ReplayGenerator(build_model(tiny_model_config(categories=5)))
+    q = torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0])
+    generator.model.aggregated_posterior.copy_(q)
+    # Avalanche's generate(n): exactly category_counts(n) samples of each category.
+    seen = []
+    original = generator.model.sample_with_categories
+
+    def spy(n, category=None, counts=None):
+        x, c = original(n, category, counts)
+        seen.append(torch.bincount(c, minlength=5))
+        return x, c
+
+    generator.model.sample_with_categories = spy
+    x = generator.generate(16)
+    assert x.shape == (16, DIM) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert seen[-1].tolist() == [8, 4, 2, 2, 0]
+    # The classifier's sampler: a schedule over the experience's replay with totals exactly ∝ q(c).
+    sampler = GeneratorReplaySampler(generator, total=800)
+    totals = torch.zeros(5, dtype=torch.long)
+    for _ in range(100):
+        counts = sampler.schedule.next_counts(8)
+        assert int(counts.sum()) == 8
+        totals += counts
+    assert totals.tolist() == [400, 200, 100, 100, 0]
+    sampler.sample(8)
+    assert int(seen[-1].sum()) == 8 and seen[-1][4] == 0  # the empty category is never replayed
+    # Largest-remainder rounding when q(c) * n is not integral.
+    assert largest_remainder_counts(torch.tensor([0.37, 0.33, 0.30]), 10).tolist() == [4, 3, 3]
+    assert generator.model.category_counts(10, torch.tensor([0.37, 0.33, 0.30])).tolist() == [4, 3, 3]
+
+
+def test_category_schedule_refills_and_is_random_within_batches():
+    schedule = CategorySchedule(torch.tensor([3, 1]), torch.Generator().manual_seed(0))
+    draws = [schedule.next_counts(1) for _ in range(8)]  # two passes over the 4-sample schedule
+    assert torch.stack(draws).sum(0).tolist() == [6, 2]
+    assert torch.stack(draws[:4]).sum(0).tolist() == [3, 1]
+
+
+# --------------------------------------------------------------------------- labels of replay
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1)
+
+
+class _FixedReplay(ReplaySource):
+    def active(self, t):
+        return True
+
+    def sample(self, n):
+        return torch.rand(n, DIM), None, None
+
+
+def test_replay_labels_come_from_the_frozen_previous_classifier_not_the_current_one():
+    stream = synthetic_stream(2)
+    for labels in ("hard", "soft"):
+        strategy = make_strategy(stream, _FixedReplay(), replay_labels=labels)
+        strategy._seen_before[:] = False
+        strategy._seen_before[[0, 1]] = True  # classes of experience 1
+        strategy.model = _FixedLogits([5.0, 0.0, 0.0, 0.0])  # current: class 0
+        strategy.previous_model = _FixedLogits([0.0, 3.0, 9.0, 0.0])  # previous: class 1 among {0, 1}
+        batch = strategy.draw_replay(6)
+        (bias, target), = batch.heads
+        if labels == "hard":
+            assert target.tolist() == [1] * 6
+        else:
+            expected = torch.softmax(torch.tensor([0.0, 3.0]) / 2.0, 0)
+            assert torch.allclose(target[:, :2], expected.expand(6, 2), atol=1e-6)
+            assert float(target[:, 2:].abs().max()) == 0.0  # classes not seen before get no mass
+
+
+def test_previous_classifier_is_frozen_at_the_end_of_the_previous_experience(tmp_path):
+    stream = synthetic_stream(2)
+    replay = tiny_generator_replay(iterations=10)
+    strategy = make_strategy(stream, replay, iterations=15)
+    strategy.train(stream.train_stream[0])
+    after_first = copy.deepcopy(strategy.model.state_dict())
+    strategy.train(stream.train_stream[1])
+    frozen = strategy.previous_model.state_dict()
+    current = strategy.model.state_dict()
+    assert all(torch.equal(frozen[k], after_first[k]) for k in after_first)
+    assert any(not torch.equal(current[k], after_first[k]) for k in after_first)
+    assert not any(p.requires_grad for p in strategy.previous_model.parameters())
+    # The recorded replay targets are the frozen classifier's arg-max over the classes of experience 1.
+    batch = strategy.last_replay
+    expected = strategy.previous_model(batch.x)[:, :2].argmax(1)
+    assert torch.equal(batch.heads[0][1], expected)
+
+
+# --------------------------------------------------------------------------- generator across experiences
+
+
+def _neg_elbo(generator: ReplayGenerator, x: torch.Tensor) -> float:
+    generator.model.eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        return float(generator.model.loss(x, 1.0)[1]["neg_elbo"])
+
+
+def test_generator_trains_on_replay_plus_new_data_and_keeps_old_data():
+    stream = synthetic_stream(2, per_class=80)
+    batches: list[tuple[int, int]] = []
+    replay = tiny_generator_replay(iterations=300, batch_hook=lambda x, r: batches.append((len(x), 0 if r is None else len(r))))
+    strategy = make_strategy(stream, replay, iterations=5)
+    strategy.train(stream.train_stream[0])
+    assert batches and all(r == 0 for _, r in batches)  # experience 1: nothing to replay yet
+    after_first = copy.deepcopy(replay.generator)
+    old_data = stream.test[0].x
+    batches.clear()
+    strategy.train(stream.train_stream[1])
+    assert len(batches) == 300 and all(b == (16, 16) for b in batches)  # 16 current + 16 replayed
+    assert strategy.replay_stats[-1]["replay_samples"] == 300 * 16
+    before, after = after_first.state_dict(), replay.generator.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it kept learning
+    # Without replay the same generator forgets experience 1 much more.
+    forgetful = copy.deepcopy(after_first)
+    torch.manual_seed(0)
+    train_generator(forgetful, None, stream.train[1].x, 2, GeneratorState(make_adam(forgetful.parameters(), 3e-3)),
+                    replay.schedule)
+    with_replay, without_replay = _neg_elbo(replay.generator, old_data), _neg_elbo(forgetful, old_data)
+    assert with_replay < without_replay - 1.0, (with_replay, without_replay)
+    assert with_replay < _neg_elbo(after_first, old_data) + 0.25 * abs(_neg_elbo(after_first, old_data))
+    # q(c) was refitted over current data and replay: a distribution over the categories.
+    q = replay.generator.q_c
+    assert abs(float(q.sum()) - 1.0) < 1e-5 and float(q.min()) >= 0
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def test_five_experience_run_writes_every_output(tmp_path):
+    stream = synthetic_stream(5)
+    cl = tiny_cl_config(tmp_path, iterations=6)
+    results = run_experiment(cl, tiny_model_config(), stream=stream, echo=lambda *_: None)
+    run = Path(cl.out)
+    saved = json.loads((run / "results.json").read_text())
+    for key in ("accuracy_matrix", "final_average_accuracy", "average_forgetting", "per_class_accuracy",
+                "wall_time_s", "config", "timing"):
+        assert key in saved, key
+    matrix = torch.tensor(saved["accuracy_matrix"])
+    assert matrix.shape == (5, 5) and float(matrix.min()) >= 0 and float(matrix.max()) <= 1
+    assert saved["final_average_accuracy"] == pytest.approx(float(matrix[-1].mean()))
+    assert saved["average_forgetting"] == pytest.approx(average_forgetting(saved["accuracy_matrix"]))
+    assert set(saved["per_class_accuracy"]) == set(stream.class_names)
+    assert saved["config"]["generator"] == "cpvae" and saved["config"]["categories"] == 6
+    assert saved["wall_time_s"] > 0 and len(saved["timing"]) == 5
+    assert all(t["generator_ms_per_iteration"] > 0 for t in saved["timing"])
+    for i in range(1, 6):
+        assert (run / f"replay_exp{i}.png").stat().st_size > 0
+    assert (run / "accuracy_matrix.png").stat().st_size > 0
+    assert list((run / "tensorboard").glob("events.out.tfevents*"))
+    log = (run / "log.txt").read_text()
+    assert "Top1_Acc_Exp" in log and "StreamForgetting" in log
+    assert results["final_average_accuracy"] == saved["final_average_accuracy"]
+
+
+def test_generator_worker_process_matches_the_in_process_protocol(tmp_path):
+    stream = synthetic_stream(3)
+    cl = tiny_cl_config(tmp_path, iterations=8, parallel_generator=True)
+    results = run_experiment(cl, tiny_model_config(), stream=stream, echo=lambda *_: None)
+    stats = results["generator_stats"]
+    assert [s["experience"] for s in stats] == [1, 2, 3]
+    assert [s["replay_samples"] for s in stats] == [0, 8 * 16, 8 * 16]
+    assert all("waited_for_generator_s" in t for t in results["timing"])
+    # The main process holds the worker's final generator (checkpoint) and its q(c).
+    checkpoint = torch.load(Path(cl.out) / "checkpoint.pt")
+    q = checkpoint["generator"]["model.aggregated_posterior"]
+    assert torch.allclose(q, torch.tensor(stats[-1]["q_c"]), atol=1e-5)
+
+
+def test_joint_and_none_bound_the_stream(tmp_path):
+    stream = synthetic_stream(5)
+    finals = {}
+    for generator in ("none", "joint", "buffer"):
+        cl = tiny_cl_config(tmp_path / generator, generator=generator, iterations=30, buffer_per_class=10)
+        finals[generator] = run_experiment(cl, stream=stream, echo=lambda *_: None)
+    none, joint = finals["none"], finals["joint"]
+    assert none["final_average_accuracy"] < 0.4  # fine-tuning forgets: only the last experience survives
+    assert joint["final_average_accuracy"] > 0.9
+    assert joint["final_average_accuracy"] > none["final_average_accuracy"] + 0.5
+    assert len(joint["accuracy_matrix"]) == 1 and joint["average_forgetting"] is None
+    assert finals["buffer"]["final_average_accuracy"] > none["final_average_accuracy"] + 0.3
+
+
+def test_task_incremental_masks_logits_per_task(tmp_path):
+    results = {}
+    for scenario in ("class", "task"):
+        stream = synthetic_stream(3, scenario=scenario)
+        cl = tiny_cl_config(tmp_path / scenario, generator="none", scenario=scenario, iterations=30)
+        results[scenario] = run_experiment(cl, stream=stream, echo=lambda *_: None)
+    assert results["task"]["final_average_accuracy"] > 0.9  # the task label removes the other classes
+    assert results["task"]["final_average_accuracy"] > results["class"]["final_average_accuracy"] + 0.4
+    # Generated replay in task-IL is labelled for every previous task (soft targets).
+    stream = synthetic_stream(3, scenario="task")
+    strategy = make_strategy(stream, tiny_generator_replay(iterations=5), iterations=5, replay_labels="soft")
+    for experience in stream.train_stream:
+        strategy.train(experience)
+    heads = strategy.last_replay.heads
+    assert len(heads) == 2
+    for k, (bias, target) in enumerate(heads):
+        assert torch.allclose(target.sum(1), torch.ones(len(target)))
+        assert float(target[:, [c for c in range(6) if c not in (2 * k, 2 * k + 1)]].max()) == 0.0
+
+
+# --------------------------------------------------------------------------- Avalanche interoperability
+
+
+def test_generator_plugs_into_avalanches_generative_replay():
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.training.supervised import GenerativeReplay, VAETraining
+    from avalanche.training.plugins import GenerativeReplayPlugin
+    from torch.utils.data import TensorDataset
+
+    from strategies.generators import elbo_criterion
+
+    stream = synthetic_stream(2, per_class=16)
+    bench = nc_benchmark(TensorDataset(torch.cat([d.x for d in stream.train]), torch.cat([d.y for d in stream.train])),
+                         TensorDataset(torch.cat([d.x for d in stream.test]), torch.cat([d.y for d in stream.test])),
+                         n_experiences=2, task_labels=False, shuffle=False)
+    generator = ReplayGenerator(build_model(tiny_model_config()))
+    generator_strategy = VAETraining(model=generator, optimizer=torch.optim.Adam(generator.parameters(), 1e-3),
+                                     criterion=elbo_criterion, train_mb_size=16, train_epochs=1,
+                                     plugins=[GenerativeReplayPlugin()], evaluator=None)
+    solver = MLPClassifier(DIM, 4, units=16)
+    strategy = GenerativeReplay(model=solver, optimizer=torch.optim.Adam(solver.parameters(), 1e-3),
+                                train_mb_size=16, train_epochs=1, generator_strategy=generator_strategy, evaluator=None)
+    for experience in bench.train_stream:
+        strategy.train(experience)
+    assert generator.generate(5).shape == (5, DIM)
+    assert generator.generate().shape == (DIM,)
+    assert generator.get_features(torch.rand(3, DIM)).shape[0] == 3
+
+
+# --------------------------------------------------------------------------- configuration, CLI, summary
+
+
+def test_config_errors_name_valid_choices():
+    with pytest.raises(ConfigError, match="gen_kl_warmup"):
+        load_config("split_mnist", overrides={"gen_kl_warmpu": 10})
+    with pytest.raises(ConfigError, match="cpvae.*buffer|buffer.*cpvae"):
+        load_config("split_mnist", overrides={"generator": "gan"})
+    with pytest.raises(ConfigError, match="split_fashion_mnist"):
+        load_config("split_cifar")
+    cl, model = load_config("split_mnist", overrides={"generator": "vae", "iterations": 7})
+    assert cl.iterations == 7 and model.model == "vae" and model.categories == 20
+
+
+def test_cli_rejects_unknown_stream_and_generator():
+    from click.testing import CliRunner
+
+    from strategies.cli import run
+
+    runner = CliRunner()
+    result = runner.invoke(run, ["split_cifar", "--generator", "cpvae"])
+    assert result.exit_code != 0 and "split_mnist" in result.output and "split_omniglot" in result.output
+    result = runner.invoke(run, ["split_mnist", "--generator", "gan"])
+    assert result.exit_code != 0 and "cpvae" in result.output and "joint" in result.output
+    result = runner.invoke(run, ["split_mnist", "--set", "itterations=3"])
+    assert result.exit_code != 0 and "iterations" in result.output
+
+
+def test_cli_runs_a_tiny_stream(tmp_path, real_data_root):
+    from click.testing import CliRunner
+
+    from strategies.cli import run
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(run, [
+        "split_mnist", "--generator", "vae", "--iterations", "2", "--data-root", str(real_data_root), "--out", str(out),
+        "--no-progress", "--set", "aggregate_samples=100", "--set", "grid_samples=10", "--replay-labels", "soft",
+    ])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["accuracy_matrix"]) == 5 and saved["config"]["replay_labels"] == "soft"
+
+
+def test_summary_groups_seeds(tmp_path):
+    for seed, accuracy in ((0, 0.90), (1, 0.94), (2, 0.92)):
+        d = tmp_path / f"cpvae{seed}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "stream": "split_mnist", "generator": "cpvae", "scenario": "class", "seed": seed,
+            "final_average_accuracy": accuracy, "average_forgetting": 0.05, "wall_time_s": 300.0 + seed}))
+    d = tmp_path / "none0"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "stream": "split_mnist", "generator": "none", "scenario": "class", "seed": 0,
+        "final_average_accuracy": 0.2, "average_forgetting": None, "wall_time_s": 60.0}))
+    table = summarize_cl_runs(sorted(tmp_path.iterdir()))
+    lines = table.splitlines()
+    assert lines[0].startswith("| stream") and len(lines) == 4
+    assert "| cpvae |" in lines[2] and "92.00 ± 2.00" in lines[2] and "301" in lines[2] and "(n=3)" in lines[2]
+    assert "| none |" in lines[3] and "20.00 |" in lines[3]
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_real_split_mnist_stream(real_data_root):
+    stream = build_stream("split_mnist", data_root=real_data_root, seed=0)
+    assert stream.experience_classes == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert sum(len(d) for d in stream.test) == 10000 and sum(len(d) for d in stream.train) == 50000
+    first = stream.train[0]
+    assert set(first.y.unique().tolist()) == {0, 1}
+    assert 0.0 <= float(first.x.min()) and float(first.x.max()) <= 1.0
+    assert bool(((first.x > 0) & (first.x < 1)).any())  # grey, not binarised
+    for experience, data in zip(stream.train_stream, stream.train):
+        assert stream.tensors(experience.dataset) is data
+        assert len(experience.dataset) == len(data)
+    permuted = build_stream("split_mnist", data_root=real_data_root, seed=1, scenario="task")
+    order = permuted.class_order
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    assert [int(d.t.unique()) for d in permuted.test] == [0, 1, 2, 3, 4]
+    assert [exp.task_label for exp in permuted.test_stream] == [0, 1, 2, 3, 4]
