@@ -40,7 +40,6 @@ __all__ = [
     "GeneratorReplaySampler",
     "GeneratorSchedule",
     "GeneratorState",
-    "largest_remainder_counts",
     "make_adam",
     "refit_aggregated_posterior",
     "train_generator",
@@ -54,16 +53,6 @@ def make_adam(params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr, betas=betas)
-
-
-def largest_remainder_counts(weights: torch.Tensor, n: int) -> torch.Tensor:
-    """Counts summing to n proportional to ``weights`` (largest-remainder rounding)."""
-    expected = weights.double() / weights.sum() * n
-    counts = expected.floor().long()
-    remainder = n - int(counts.sum())
-    if remainder > 0:
-        counts[torch.topk(expected - counts, remainder).indices] += 1
-    return counts
 
 
 class GeneratorCore(nn.Module):
