@@ -1,7 +1,7 @@
 """Split MNIST (class-incremental by default) for a list of generators and seeds.
 
     python benchmarks/cl_split_mnist.py --generators cpvae,vae,none --seeds 0,1 \
-        --data-root /work/shared/datasets --out benchmarks/out/split_mnist
+        --data-root ../shared/datasets --out benchmarks/out/split_mnist
 
 Each run uses the protocol defaults of ``configs/cl/split_mnist.yaml`` (2000 iterations per
 experience, batch 128 + 128 replayed, Adam 1e-3) unless overridden with ``--iterations`` or
