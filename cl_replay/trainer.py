@@ -267,13 +267,16 @@ def write_config(run_dir: Path, flat_config: dict[str, Any]) -> None:
 def pretrain(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Load the data, build the model, train it (or continue a run) and evaluate it; returns the metrics."""
     from .config import as_flat_dict
-    from .data import load_dataset
+    from .data import Split, load_dataset
     from .models import build_model
 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset, config.data_root).to(device)
-    train = splits.train if config.limit <= 0 else type(splits.train)(splits.train.x[: config.limit], splits.train.y[: config.limit])
+    train = splits.train
+    if config.limit > 0:
+        groups = None if train.groups is None else train.groups[: config.limit]
+        train = Split(train.x[: config.limit], train.y[: config.limit], groups)
     model_config.input_dim = train.x.shape[1]
     model = build_model(model_config).to(device)
     if not resume:

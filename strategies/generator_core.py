@@ -47,12 +47,8 @@ __all__ = [
 
 
 def make_adam(params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
-    """Adam, with the fused kernel where this PyTorch has one (several times cheaper per step on CPU)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, betas=betas)
+    """Adam with the fused kernel (torch >= 2.4; several times cheaper per step on CPU)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
 
 
 class GeneratorCore(nn.Module):
