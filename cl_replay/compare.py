@@ -7,6 +7,7 @@ A run folder holds ``config.yaml`` (flat keys, among them ``model``, ``dataset``
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,29 @@ class Run:
 
     def cell(self) -> str:
         """``neg_elbo / nll`` to two decimals."""
-        return f"{_number(self.metrics.get('test_neg_elbo'))} / {_number(self.metrics.get('test_nll'))}"
+        return metrics_cell([self])
 
 
 def _number(value: Any) -> str:
     return "—" if value is None else f"{float(value):.2f}"
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation sqrt(sum_i (v_i - mean)^2 / (n - 1)) (None for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def metrics_cell(runs: list[Run]) -> str:
+    """``neg_elbo / nll`` of one run, or of several (seeds) ``mean ± std / mean ± std (n=N)``."""
+    parts = []
+    for key in ("test_neg_elbo", "test_nll"):
+        values = [float(run.metrics[key]) for run in runs if run.metrics.get(key) is not None]
+        mean, std = mean_std(values) if values else (None, None)
+        parts.append(_number(mean) + ("" if std is None else f" ± {std:.2f}"))
+    return " / ".join(parts) + (f" (n={len(runs)})" if len(runs) > 1 else "")
 
 
 def _columns(runs: list[Run], paper: bool) -> list[tuple[str, int | None]]:
@@ -90,13 +109,15 @@ def _column_of(dataset: str, k: int | None, columns: list[tuple[str, int | None]
 
 
 def results_table(runs: list[Run], paper: bool = False) -> str:
-    """Markdown table: rows = models, columns = ``<dataset> K=<k>``, cells ``neg ELBO / NLL``,
-    with the paper's negative ELBO in brackets when ``paper`` is true."""
+    """Markdown table: rows = models, columns = ``<dataset> K=<k>``, cells ``neg ELBO / NLL``
+    (mean ± std over the runs of a cell, e.g. seeds), with the paper's negative ELBO in brackets
+    when ``paper`` is true."""
     columns = _columns(runs, paper)
     models = sorted({run.model for run in runs}, key=lambda m: (MODEL_ORDER + (m,)).index(m))
-    cells: dict[tuple[str, tuple[str, int | None]], list[str]] = {}
+    grouped: dict[tuple[str, tuple[str, int | None]], list[Run]] = {}
     for run in runs:
-        cells.setdefault((run.model, _column_of(run.dataset, run.k, columns)), []).append(run.cell())
+        grouped.setdefault((run.model, _column_of(run.dataset, run.k, columns)), []).append(run)
+    cells = {key: [metrics_cell(group)] for key, group in grouped.items()}
     datasets = {c[0] for c in columns}
     if paper:
         for (model, dataset, k), value in PAPER_TABLE1.items():

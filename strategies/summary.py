@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Iterable
+
+from cl_replay.compare import mean_std
 
 __all__ = ["load_cl_results", "summarize_cl_runs"]
 
@@ -23,13 +24,6 @@ def load_cl_results(run_dirs: Iterable[str | Path]) -> list[dict]:
     return results
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def summarize_cl_runs(run_dirs: Iterable[str | Path]) -> str:
     """A markdown table: final average accuracy mean ± std (sample std over seeds, in %) and mean
     wall time, one row per (stream, generator, scenario), rows sorted by stream, scenario, accuracy."""
@@ -39,7 +33,7 @@ def summarize_cl_runs(run_dirs: Iterable[str | Path]) -> str:
         groups.setdefault(key, []).append(result)
     rows = []
     for (stream, generator, scenario), results in groups.items():
-        accuracy, spread = _mean_std([100.0 * r["final_average_accuracy"] for r in results])
+        accuracy, spread = mean_std([100.0 * r["final_average_accuracy"] for r in results])
         forgetting = [r["average_forgetting"] for r in results if r.get("average_forgetting") is not None]
         wall = [r["wall_time_s"] for r in results if r.get("wall_time_s") is not None]
         seeds = sorted({r.get("seed") for r in results}, key=lambda s: (s is None, s))

@@ -18,3 +18,22 @@ def real_data_root() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def interrupt_at_epoch(monkeypatch):
+    """``interrupt_at_epoch(e)``: the trainer raises KeyboardInterrupt (as Ctrl-C would) when it
+    starts epoch e; ``interrupt_at_epoch(None)`` trains normally again."""
+    from cl_replay.trainer import Trainer
+
+    original = Trainer.train_epoch
+
+    def interrupt(at: int | None) -> None:
+        def interrupted(self, epoch):
+            if epoch == at:
+                raise KeyboardInterrupt
+            return original(self, epoch)
+
+        monkeypatch.setattr(Trainer, "train_epoch", original if at is None else interrupted)
+
+    return interrupt

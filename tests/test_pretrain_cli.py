@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cl_replay.cli import main
-from cl_replay.trainer import Trainer
 
 SMOKE = ["--model", "cpvae", "--dataset", "mnist", "--limit", "300", "--warmup", "1", "--is-samples", "20", "--device", "cpu"]
 
@@ -54,20 +53,13 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, real_data_root):
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 3
 
 
-def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path, real_data_root, monkeypatch):
+def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path, real_data_root, interrupt_at_epoch):
     run = tmp_path / "run"
-    original = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    interrupt_at_epoch(2)
     result = CliRunner().invoke(main, ["pretrain", *SMOKE, "--epochs", "3", "--data-root", str(real_data_root), "--out", str(run)])
     assert result.exit_code == 130
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    interrupt_at_epoch(None)
     assert pretrain("--resume", str(run), "--is-samples", "0").exit_code == 0
     assert json.loads((run / "metrics.json").read_text())["epochs_trained"] == 3
 
