@@ -122,8 +122,7 @@ def test_a_folder_holding_another_config_is_refused(tmp_path, monkeypatch):
     for cell in expand(load_spec(old_spec)):
         write_record(out / cell.name, new_record(cell) | {"status": "done"})
     (out / "seed=1" / "metrics.json").write_text("{}")
-    new_spec = write_spec(tmp_path / "new.yaml", {"seed": [0, 1]}, {"epochs": 2})
-    result = sweep(new_spec, out)
+    result = sweep(old_spec, out, None, "--set", "epochs=2")
     assert result.exit_code == 1
     assert "seed=0" in result.output and "epochs: 1 there, 2 now" in result.output
     assert read_record(out / "seed=0")["attempts"] == 0  # nothing was touched

@@ -17,22 +17,25 @@ INSTALL_HINT = 'the sweep command needs Ray: pip install -e ".[sweep]"  (or: pip
 @click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True,
               help="GPUs of each trial (fractions share a GPU).")
 @click.option("--max-concurrent", type=click.IntRange(min=1), help="At most this many cells at once.")
+@click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE",
+              help="Replace a base key of the spec, e.g. --set epochs=10 (repeatable; part of the config hash).")
 @click.option("--dry-run", is_flag=True, help="List the cells and what running the sweep would do with each.")
 def sweep(spec_file: str, out: str | None, data_root: str | None, address: str | None, gpus_per_trial: float,
-          max_concurrent: int | None, dry_run: bool) -> None:
+          max_concurrent: int | None, set_values: tuple[str, ...], dry_run: bool) -> None:
     """Run every cell of the sweep SPEC (a command, a base config and axes, see configs/sweeps/).
 
-    Running the same sweep again skips finished cells, resumes interrupted pretraining from its
-    last checkpoint, restarts other unfinished cells, and refuses a cell folder that holds
-    another config. Writes results.md and results.png to the sweep folder.
+    Running the same sweep again skips finished cells, resumes unfinished ones (pretraining from
+    its last checkpoint, continual learning after its last finished experience) and refuses a
+    cell folder that holds another config. Writes results.md and results.png to the sweep folder.
     """
     from cl_replay.config import ConfigError
+    from strategies.cli import _parse_set
 
     from .cells import CellState
     from .spec import expand, load_spec
 
     try:
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file, _parse_set(set_values))
         cells = expand(spec, str(Path(data_root).resolve()) if data_root else None)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
@@ -52,7 +55,7 @@ def sweep(spec_file: str, out: str | None, data_root: str | None, address: str |
         import ray  # noqa: F401
     except ImportError:
         raise click.ClickException(INSTALL_HINT) from None
-    from .runner import run_sweep
+    from .runner import ClusterError, run_sweep
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.yaml").write_text(Path(spec_file).read_text())
@@ -60,6 +63,8 @@ def sweep(spec_file: str, out: str | None, data_root: str | None, address: str |
     try:
         outcome = run_sweep(cells, sweep_dir, address=address, gpus_per_trial=gpus_per_trial,
                             max_concurrent=max_concurrent)
+    except ClusterError as error:
+        raise click.ClickException(str(error)) from error
     except KeyboardInterrupt:
         click.echo(f"interrupted; run the same command again to continue the sweep in {sweep_dir}", err=True)
         raise SystemExit(130)

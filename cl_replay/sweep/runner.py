@@ -36,6 +36,10 @@ def plan(cells: list[Cell], sweep_dir: Path) -> dict[str, tuple[CellState, str]]
     return {cell.name: cell_state(cell, Path(sweep_dir) / cell.name) for cell in cells}
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster named by ``--address`` or ``$RAY_ADDRESS`` cannot be joined."""
+
+
 def start_ray(address: str | None) -> bool:
     """Join the cluster at ``address`` (else ``$RAY_ADDRESS``), or start a local instance on every
     core; nothing when Ray is already initialised. Returns whether this call started it."""
@@ -44,10 +48,17 @@ def start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
+    if not address:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ClusterError(
+            f"cannot join the Ray cluster at {address}: {error}. Is it running (ray status)? A cluster "
+            "with token authentication also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or "
+            "~/.ray/auth_token) in this environment."
+        ) from error
     return True
 
 
@@ -63,10 +74,10 @@ def run_sweep(cells: list[Cell], sweep_dir: Path, *, address: str | None = None,
     states = plan(cells, sweep_dir)
     outcome = SweepOutcome(skipped=[c.name for c in cells if states[c.name][0] is CellState.DONE])
     todo = [cell for cell in cells if states[cell.name][0] in (CellState.NEW, CellState.RESUME)]
+    started_ray = start_ray(address) if todo else False
     for cell in todo:
         if read_record(sweep_dir / cell.name) is None:
             write_record(sweep_dir / cell.name, new_record(cell))
-    started_ray = start_ray(address)
     trial = ray.remote(run_cell)
     in_flight: dict[ray.ObjectRef, Cell] = {}
     bar = tqdm(total=len(cells), initial=len(outcome.skipped), desc="cells", unit="cell", dynamic_ncols=True)

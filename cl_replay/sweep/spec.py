@@ -101,9 +101,10 @@ def config_types(command: str) -> tuple[type, ...]:
     return CLConfig, ModelConfig
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     """Read and check a spec file: known top-level keys, a known command, axis and base keys that
-    the command accepts (``ConfigError`` naming the key and the closest valid one)."""
+    the command accepts (``ConfigError`` naming the key and the closest valid one). ``overrides``
+    (``--set``) replace base keys; they may not set a key that an axis sets."""
     path = Path(path)
     raw = read_yaml(path)
     check_keys(raw, SpecFile, source=str(path))
@@ -118,10 +119,15 @@ def load_spec(path: str | Path) -> Spec:
     _check_settable(spec.base, types, f"base of {path}")
     axes = {name: _axis_entries(name, values, types, f"axes of {path}") for name, values in spec.axes.items()}
     _check_disjoint(axes, path)
+    overrides = overrides or {}
+    _check_settable(overrides, types, "--set")
+    for key in overrides:
+        if any(key in entry for entries in axes.values() for entry in entries):
+            raise ConfigError(f"--set {key}=... sets a key that the axes of {path} set; edit the spec instead")
     config = Path(spec.config) if spec.config else None
     if config is not None and not config.is_file():
         raise ConfigError(f"config file {config} named in {path} not found (paths are relative to the current folder)")
-    return Spec(path, spec.command, config, spec.base, axes)
+    return Spec(path, spec.command, config, {**spec.base, **overrides}, axes)
 
 
 def _check_settable(values: dict[str, Any] | list[str], types: tuple[type, ...], source: str) -> None:
