@@ -115,6 +115,19 @@ def test_an_unknown_axis_key_is_refused_before_anything_starts(tmp_path, monkeyp
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_spec_takes_a_config_file_and_its_values_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "start_ray", lambda address: pytest.fail("Ray was started"))
+    spec = tmp_path / "with_config.yaml"
+    spec.write_text(yaml.safe_dump({"command": "pretrain", "config": "vampprior_mnist_k500", "base": {"epochs": 3},
+                                    "axes": {"seed": [0, 1]}}))
+    model, train = expand(load_spec(spec))[1].configs
+    assert (model.model, model.categories, train.epochs, train.warmup, train.seed) == ("vampprior", 500, 3, 100, 1)
+
+    result = sweep(write_spec(tmp_path / "bad_value.yaml", {"model": ["vae", "vea"]}), tmp_path / "bad_value")
+    assert result.exit_code == 2 and "cell model=vea" in result.output and "unknown model 'vea'" in result.output
+    assert not (tmp_path / "bad_value").exists()
+
+
 def test_a_folder_holding_another_config_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "start_ray", lambda address: pytest.fail("Ray was started"))
     out = tmp_path / "sweep"

@@ -22,7 +22,8 @@ INSTALL_HINT = 'the sweep command needs Ray: pip install -e ".[sweep]"  (or: pip
 @click.option("--dry-run", is_flag=True, help="List the cells and what running the sweep would do with each.")
 def sweep(spec_file: str, out: str | None, data_root: str | None, address: str | None, gpus_per_trial: float,
           max_concurrent: int | None, set_values: tuple[str, ...], dry_run: bool) -> None:
-    """Run every cell of the sweep SPEC (a command, a base config and axes, see configs/sweeps/).
+    """Run every cell of the sweep SPEC (a command, a base config and axes, see configs/sweeps/;
+    a name such as table1_mnist is the installed copy).
 
     Running the same sweep again skips finished cells, resumes unfinished ones (pretraining from
     its last checkpoint, continual learning after its last finished experience) and refuses a
@@ -39,7 +40,7 @@ def sweep(spec_file: str, out: str | None, data_root: str | None, address: str |
         cells = expand(spec, str(Path(data_root).resolve()) if data_root else None)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
-    sweep_dir = Path(out or Path("runs") / "sweeps" / Path(spec_file).stem)
+    sweep_dir = Path(out or Path("runs") / "sweeps" / spec.path.stem)
     from .runner import plan
 
     states = plan(cells, sweep_dir)
@@ -58,7 +59,7 @@ def sweep(spec_file: str, out: str | None, data_root: str | None, address: str |
     from .runner import ClusterError, run_sweep
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.yaml").write_text(Path(spec_file).read_text())
+    (sweep_dir / "sweep.yaml").write_text(spec.path.read_text())
     click.echo(f"sweep folder: {sweep_dir}   ({len(cells)} cells, tensorboard --logdir {sweep_dir})")
     try:
         outcome = run_sweep(cells, sweep_dir, address=address, gpus_per_trial=gpus_per_trial,

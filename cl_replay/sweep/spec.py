@@ -2,10 +2,10 @@
 
 A spec is a YAML mapping::
 
-    command: pretrain                      # or run
-    config: configs/pretrain/vae_mnist.yaml  # optional, relative to the current folder
-    base: {epochs: 1, warmup: 1}           # optional flat keys, as the command accepts them
-    axes:                                  # one cell per combination of one value of each axis
+    command: pretrain                  # or run
+    config: cpvae_mnist                # optional: a file, or the name of an installed config
+    base: {epochs: 1, warmup: 1}       # optional flat keys, as the command accepts them
+    axes:                              # one cell per combination of one value of each axis
       model: [vae, cpvae]
       seed: [0, 1]
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cl_replay.config import ConfigError, as_flat_dict, build_configs, check_keys, read_yaml
+from cl_replay.config import ConfigError, as_flat_dict, build_configs, check_keys, read_yaml, resolve_config
 
 COMMANDS = ("pretrain", "run")
 SWEEP_KEYS = ("out", "progress")
@@ -105,7 +105,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     """Read and check a spec file: known top-level keys, a known command, axis and base keys that
     the command accepts (``ConfigError`` naming the key and the closest valid one). ``overrides``
     (``--set``) replace base keys; they may not set a key that an axis sets."""
-    path = Path(path)
+    path = Path(resolve_config(path, "sweeps"))
     raw = read_yaml(path)
     check_keys(raw, SpecFile, source=str(path))
     spec = SpecFile(**raw)
@@ -124,9 +124,10 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     for key in overrides:
         if any(key in entry for entries in axes.values() for entry in entries):
             raise ConfigError(f"--set {key}=... sets a key that the axes of {path} set; edit the spec instead")
-    config = Path(spec.config) if spec.config else None
+    config = Path(resolve_config(spec.config, "pretrain" if spec.command == "pretrain" else "cl")) if spec.config else None
     if config is not None and not config.is_file():
-        raise ConfigError(f"config file {config} named in {path} not found (paths are relative to the current folder)")
+        raise ConfigError(f"config file {spec.config} named in {path} not found (a path relative to the current "
+                          "folder, or the name of an installed config)")
     return Spec(path, spec.command, config, {**spec.base, **overrides}, axes)
 
 
@@ -192,7 +193,13 @@ def expand(spec: Spec, data_root: str | None = None) -> list[Cell]:
 
 def _resolve(spec: Spec, overrides: dict[str, Any], source: str) -> tuple:
     if spec.command == "pretrain":
+        from cl_replay.cli import _check_pretrain
+
         values = {**(read_yaml(spec.config) if spec.config else {}), **overrides}
+        try:
+            _check_pretrain(values)  # the names and numbers `cl-replay pretrain` checks
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from error
         return build_configs(values, *config_types("pretrain"), source=source)
     from strategies.run import CLConfig, load_config
 
