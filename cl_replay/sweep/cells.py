@@ -3,7 +3,8 @@
 ``<cell folder>/sweep_cell.json`` (the record): ``cell`` (its name), ``values`` (what its axes
 set), ``config_hash`` and ``config`` (see ``spec``), ``status`` (``pending``, ``running``,
 ``done`` or ``failed``), ``attempts``, ``error`` (the failure's message) and ``seconds`` (of the
-last attempt). A trial sets ``running`` when it starts; a trial that is killed leaves it there.
+last attempt). The sweep sets ``pending`` when it queues the cell, the trial ``running`` when it
+starts and ``done`` or ``failed`` when it ends; a trial that is killed leaves ``running``.
 Everything a trial prints goes to ``<cell folder>/sweep.log``; the usual run folder (config.yaml,
 checkpoints, metrics.json or results.json, TensorBoard events) sits beside it.
 """
@@ -29,7 +30,7 @@ class CellState(Enum):
 
     NEW = "new"            # no folder yet: run it
     DONE = "done"          # finished with the same config: skip it
-    RESUME = "resume"      # started with the same config and not finished: resume or restart it
+    RESUME = "resume"      # started with the same config, not finished: go on from what it saved
     CONFLICT = "conflict"  # the folder holds another config, or files without a record: refuse
 
 

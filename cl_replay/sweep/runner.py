@@ -75,9 +75,8 @@ def run_sweep(cells: list[Cell], sweep_dir: Path, *, address: str | None = None,
     outcome = SweepOutcome(skipped=[c.name for c in cells if states[c.name][0] is CellState.DONE])
     todo = [cell for cell in cells if states[cell.name][0] in (CellState.NEW, CellState.RESUME)]
     started_ray = start_ray(address) if todo else False
-    for cell in todo:
-        if read_record(sweep_dir / cell.name) is None:
-            write_record(sweep_dir / cell.name, new_record(cell))
+    for cell in todo:  # queued until its trial starts, whatever an earlier attempt left
+        write_record(sweep_dir / cell.name, (read_record(sweep_dir / cell.name) or new_record(cell)) | {"status": "pending"})
     trial = ray.remote(run_cell)
     in_flight: dict[ray.ObjectRef, Cell] = {}
     bar = tqdm(total=len(cells), initial=len(outcome.skipped), desc="cells", unit="cell", dynamic_ncols=True)
