@@ -12,15 +12,28 @@ VampPrior / CP-VAE papers:
   literature (``chardata.mat``, split 23000 / 1345 / 8070) is not distributed with
   torchvision. This module builds a substitute from torchvision's 105x105 PNG tree
   (``<root>/omniglot-py/images_background`` and ``images_evaluation``, 32460 images
-  of 1623 characters in 50 alphabets): each PNG is inverted (stroke = 1, background
-  = 0), resized to 28x28 with bilinear antialiasing and flattened. All 32460 images
-  are shuffled with a fixed permutation (``torch.randperm`` seeded with 0); the first
-  8070 form the test split, the next 1345 the validation split, the next 23000 the
-  training split, and the remaining 45 images are left out, so the split sizes equal
-  chardata.mat's. Labels are global character indices (0..1622; alphabets sorted by
-  name across both sets, characters by folder name), ``groups`` are alphabet indices
-  (0..49). Numbers obtained on this set are not directly comparable with results
-  reported on chardata.mat. The decoded images (quantised to ``uint8``) are cached in
+  of 1623 characters in 50 alphabets, 20 drawings each): each PNG is inverted
+  (stroke = 1, background = 0), resized to 28x28 with bilinear antialiasing and
+  flattened. Labels are global character indices (0..1622; alphabets sorted by name
+  across both sets, characters by folder name), ``groups`` are alphabet indices
+  (0..49). Both splits are stratified by character, drawn with a ``torch.Generator``
+  seeded with 0 (:data:`OMNIGLOT_SPLIT_SEED`) that first shuffles the drawings of
+  every character:
+
+  - ``omniglot_split="static"`` (the default, for static training): chardata.mat's
+    sizes, 8070 test, 1345 validation, 23000 training images, 45 left out. Images are
+    ordered by the key (r + u_c) / n_c (r: rank of the drawing within its shuffled
+    character, n_c: the character's drawings, u_c ~ U[0, 1) one offset per character)
+    and cut in that order, so every split holds each character as evenly as its size
+    allows: 4 or 5 test drawings per character, 0 or 1 validation drawing, 14 or 15
+    training drawings.
+  - ``omniglot_split="per_character"`` (the continual-learning streams): of every
+    character, 4 drawings for test, 2 for validation and the rest (14) for training
+    (:data:`OMNIGLOT_PER_CHARACTER`), so every character is in all three splits
+    (6492 / 3246 / 22722 images).
+
+  Numbers obtained on this set are not directly comparable with results reported on
+  chardata.mat. The decoded images (quantised to ``uint8``) are cached in
   ``cache_dir()/omniglot28-<hash of the root path>.pt``, never in the data root.
 
 The training split always stays grey: the trainer binarises every batch afresh
@@ -75,10 +88,18 @@ MNIST_TRAIN_SIZE = 50000
 (the rest is the validation split)."""
 
 OMNIGLOT_SPLIT_SIZES: dict[str, int] = {"test": 8070, "val": 1345, "train": 23000}
-"""Omniglot split sizes, in the order they are cut from the seeded permutation."""
+"""Omniglot ``static`` split sizes (chardata.mat's), in the order they are cut from the
+character-stratified order."""
+
+OMNIGLOT_PER_CHARACTER: dict[str, int] = {"test": 4, "val": 2}
+"""Omniglot ``per_character`` split: drawings of every character for test and validation;
+the rest of the character's drawings are for training."""
+
+OMNIGLOT_SPLITS = ("static", "per_character")
+"""Values of ``load_dataset(..., omniglot_split=...)``."""
 
 OMNIGLOT_SPLIT_SEED = 0
-"""Seed of the permutation that splits Omniglot."""
+"""Seed of the shuffles that split Omniglot."""
 
 _OMNIGLOT_SETS = ("images_background", "images_evaluation")
 _OMNIGLOT_CACHE_VERSION = 1
@@ -513,20 +534,66 @@ def _omniglot_images(root: Path, download: bool) -> _OmniglotImages:
     return images
 
 
-def _split_omniglot(images: _OmniglotImages) -> dict[str, Split]:
-    """Cut the seeded permutation into the splits of :data:`OMNIGLOT_SPLIT_SIZES`."""
+def _ranks_within_class(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For every image, its position 0..n_c-1 among the images of its class after a seeded shuffle."""
+    shuffled = torch.randperm(len(labels), generator=generator)
+    by_class = shuffled[torch.argsort(labels[shuffled], stable=True)]  # classes in order, shuffled within
+    first = torch.searchsorted(labels[by_class], labels[by_class])  # where each image's class starts
+    ranks = torch.empty_like(labels)
+    ranks[by_class] = torch.arange(len(labels)) - first
+    return ranks
+
+
+def _static_split_parts(images: _OmniglotImages, ranks: torch.Tensor, generator: torch.Generator
+                        ) -> dict[str, torch.Tensor]:
+    """Indices of the ``static`` splits: cut the order of (rank + u_c) / n_c by :data:`OMNIGLOT_SPLIT_SIZES`."""
     needed = sum(OMNIGLOT_SPLIT_SIZES.values())
     if len(images.x) < needed:
         raise DatasetError(
             f"Omniglot has {len(images.x)} images, the split needs {needed}; is the tree complete?"
         )
-    order = torch.randperm(len(images.x), generator=torch.Generator().manual_seed(OMNIGLOT_SPLIT_SEED))
-    splits, start = {}, 0
+    sizes = torch.bincount(images.y).double()
+    offsets = torch.rand(len(sizes), generator=generator, dtype=torch.float64)
+    order = torch.argsort((ranks + offsets[images.y]) / sizes[images.y])
+    parts, start = {}, 0
     for part, size in OMNIGLOT_SPLIT_SIZES.items():
-        idx = order[start: start + size]
-        splits[part] = Split(images.x[idx].float() / 255.0, images.y[idx], images.groups[idx])
+        parts[part] = order[start: start + size]
         start += size
-    return splits
+    return parts
+
+
+def _per_character_split_parts(images: _OmniglotImages, ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Indices of the ``per_character`` splits: the first drawings of every shuffled character for
+    test, the next for validation (:data:`OMNIGLOT_PER_CHARACTER`), the rest for training."""
+    n_test, n_val = OMNIGLOT_PER_CHARACTER["test"], OMNIGLOT_PER_CHARACTER["val"]
+    sizes = torch.bincount(images.y)
+    short = (sizes <= n_test + n_val).nonzero().flatten().tolist()
+    if short:
+        names = [f"{images.class_names[c]} ({int(sizes[c])})" for c in short[:5]]
+        raise DatasetError(
+            f"Omniglot characters {', '.join(names)}{', ...' if len(short) > 5 else ''} have too few "
+            f"drawings: the per-character split needs at least {n_test + n_val + 1} of each "
+            f"({n_test} test, {n_val} validation, the rest training); is the tree complete?"
+        )
+    return {
+        "test": (ranks < n_test).nonzero().flatten(),
+        "val": ((ranks >= n_test) & (ranks < n_test + n_val)).nonzero().flatten(),
+        "train": (ranks >= n_test + n_val).nonzero().flatten(),
+    }
+
+
+def _split_omniglot(images: _OmniglotImages, omniglot_split: str) -> dict[str, Split]:
+    """Character-stratified ``static`` or ``per_character`` splits (see the module docstring)."""
+    generator = torch.Generator().manual_seed(OMNIGLOT_SPLIT_SEED)
+    ranks = _ranks_within_class(images.y, generator)
+    if omniglot_split == "static":
+        parts = _static_split_parts(images, ranks, generator)
+    else:
+        parts = _per_character_split_parts(images, ranks)
+    return {
+        part: Split(images.x[idx].float() / 255.0, images.y[idx], images.groups[idx])
+        for part, idx in parts.items()
+    }
 
 
 # --------------------------------------------------------------------------- entry point
@@ -539,6 +606,7 @@ def load_dataset(
     binarize_eval: bool = True,
     eval_seed: int = 0,
     download: bool = True,
+    omniglot_split: str = "static",
 ) -> DataSplits:
     """Load one dataset with the train / val / test protocol described in the module docstring.
 
@@ -548,6 +616,9 @@ def load_dataset(
         binarize_eval: Binarise validation and test once (train always stays grey).
         eval_seed: Seed of the generator used for that binarisation.
         download: Fetch missing files with torchvision when the root is writable.
+        omniglot_split: Omniglot only: ``static`` (chardata.mat's sizes) or ``per_character``
+            (4 test, 2 validation, the rest training of every character); both stratified by
+            character, see the module docstring.
 
     Returns:
         The splits on the CPU.
@@ -558,10 +629,14 @@ def load_dataset(
     key = name.lower().replace("-", "_")
     if key not in DATASETS:
         raise DatasetError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    if omniglot_split not in OMNIGLOT_SPLITS:
+        raise DatasetError(
+            f"Unknown omniglot_split {omniglot_split!r}; choose one of {', '.join(OMNIGLOT_SPLITS)}."
+        )
     root = resolve_data_root(data_root)
     if key == "omniglot":
         images = _omniglot_images(root, download)
-        parts = _split_omniglot(images)
+        parts = _split_omniglot(images, omniglot_split)
         train, val, test = parts["train"], parts["val"], parts["test"]
         class_names, group_names = images.class_names, images.group_names
     else:

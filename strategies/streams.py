@@ -6,6 +6,11 @@ Three streams, all offline from a data root (``cl_replay.data.load_dataset``):
 * ``split_fashion_mnist``: Fashion-MNIST, 5 experiences of 2 classes.
 * ``split_omniglot``: Omniglot (the 28x28 substitute of ``cl_replay.data``), one experience per
   alphabet, the alphabet's characters as classes (``n_experiences`` keeps the first alphabets).
+  Its data is the ``per_character`` split of ``cl_replay.data``: of each character's 20 drawings,
+  14 train, 2 validation, 4 test, so every character of the stream is in all three splits and an
+  experience's test and validation sets hold exactly its training classes. (Avalanche's own
+  ``SplitOmniglot`` trains on the background characters and tests on the evaluation characters,
+  different characters under reused labels, which is why the stream is built here instead.)
 
 Class order (van de Ven & Tolias 2019): seed 0 gives the standard order (digits 0..9 in pairs,
 alphabets sorted by name); any other seed a permutation drawn with ``torch.Generator`` seeded with
@@ -289,7 +294,8 @@ def build_stream(
     if eval_split not in ("test", "val"):
         raise StreamError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
     spec = STREAMS[name]
-    data = load_dataset(spec.dataset, data_root, binarize_eval=False, download=download)
+    split = {"omniglot_split": "per_character"} if spec.dataset == "omniglot" else {}
+    data = load_dataset(spec.dataset, data_root, binarize_eval=False, download=download, **split)
     evaluation = data.test if eval_split == "test" else data.val
     if spec.dataset == "omniglot":
         assert data.train.groups is not None and data.group_names is not None
