@@ -6,8 +6,11 @@ Modules (imported lazily: ``import strategies`` stays cheap, Avalanche loads on 
   task-incremental) and ``stream_from_tensors`` over Avalanche's ``nc_benchmark``.
 * ``generators`` / ``generator_core``: ``ReplayGenerator`` (an Avalanche ``Generator``), the
   category schedule that makes CP-VAE replay follow q(c), the generator's training loop.
-* ``replay``: ``ReplayStrategy`` (an Avalanche ``SupervisedTemplate``) with ``NoReplay``,
-  ``BufferReplay`` and ``GeneratorReplay`` sources; ``MLPClassifier``.
+* ``sources``: what is replayed: ``NoReplay``, ``BufferReplay``, ``GeneratorReplay``.
+* ``plugin``: ``ReplayPlugin`` and ``CPVAEReplayPlugin``, replay as an Avalanche ``SupervisedPlugin``
+  for any template (Naive, EWC, LwF, ...): the one implementation of replay.
+* ``replay``: ``ReplayStrategy`` (an Avalanche ``SupervisedTemplate`` running on ``ReplayPlugin``
+  with van de Ven's logit masks and tensor-sliced batches); ``MLPClassifier``.
 * ``worker``: generator training in a parallel single-threaded process.
 * ``run``: ``CLConfig``, ``load_config``, ``run_experiment`` (the run folder).
 * ``cli``: the ``run`` click command; ``summary``: ``summarize_cl_runs``.
@@ -23,12 +26,15 @@ _EXPORTS = {
     "ExperienceTensors": "streams",
     "STREAMS": "streams",
     "ReplayGenerator": "generators",
+    "GeneratorSchedule": "generators",
     "elbo_criterion": "generators",
+    "ReplayPlugin": "plugin",
+    "CPVAEReplayPlugin": "plugin",
     "ReplayStrategy": "replay",
     "MLPClassifier": "replay",
-    "NoReplay": "replay",
-    "BufferReplay": "replay",
-    "GeneratorReplay": "replay",
+    "NoReplay": "sources",
+    "BufferReplay": "sources",
+    "GeneratorReplay": "sources",
     "CLConfig": "run",
     "load_config": "run",
     "run_experiment": "run",

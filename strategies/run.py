@@ -217,7 +217,7 @@ def _save_grid(images: torch.Tensor, shape: tuple[int, int, int], path: Path) ->
 
 def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, device: torch.device, writer, batch_hook=None):
     from .generators import GeneratorSchedule, ReplayGenerator
-    from .replay import BufferReplay, GeneratorReplay, NoReplay
+    from .sources import BufferReplay, GeneratorReplay, NoReplay
 
     if cl.generator in ("none", "joint"):
         return NoReplay()

@@ -25,7 +25,8 @@ from strategies.generators import (
     make_adam,
     train_generator,
 )
-from strategies.replay import GeneratorReplay, MLPClassifier, NoReplay, ReplaySource, ReplayStrategy
+from strategies.replay import MLPClassifier, ReplayStrategy
+from strategies.sources import GeneratorReplay, NoReplay, ReplaySource
 from strategies.run import CLConfig, average_forgetting, load_config, run_experiment
 from strategies.streams import build_stream, stream_from_tensors
 from strategies.summary import summarize_cl_runs
@@ -159,11 +160,12 @@ def test_replay_labels_come_from_the_frozen_previous_classifier_not_the_current_
     stream = synthetic_stream(2)
     for labels in ("hard", "soft"):
         strategy = make_strategy(stream, _FixedReplay(), replay_labels=labels)
-        strategy._seen_before[:] = False
-        strategy._seen_before[[0, 1]] = True  # classes of experience 1
+        plugin = strategy.replay_plugin
+        plugin.labels.seen_before[:] = False
+        plugin.labels.seen_before[[0, 1]] = True  # classes of experience 1
         strategy.model = _FixedLogits([5.0, 0.0, 0.0, 0.0])  # current: class 0
-        strategy.previous_model = _FixedLogits([0.0, 3.0, 9.0, 0.0])  # previous: class 1 among {0, 1}
-        batch = strategy.draw_replay(6)
+        plugin.previous_model = _FixedLogits([0.0, 3.0, 9.0, 0.0])  # previous: class 1 among {0, 1}
+        batch = plugin.draw_replay(6)
         (bias, target), = batch.heads
         if labels == "hard":
             assert target.tolist() == [1] * 6

@@ -1,0 +1,190 @@
+"""What the classifier replays: ``NoReplay`` (fine-tuning, and the joint upper bound trained on the
+union), ``BufferReplay`` (exact replay of a class-balanced memory of ``per_class`` stored examples
+per class, with their true labels) and ``GeneratorReplay`` (a generative model trained after each
+experience on the experience plus its own replay; see ``generator_core``).
+
+A source sees an experience twice: ``begin_experience`` before the classifier trains on it (the
+experience's data known) and ``end_experience`` after; in between the classifier draws replay
+with ``sample(n)``. ``plugin.ReplayPlugin`` drives a source inside any Avalanche template.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .generator_core import (
+    GeneratorCore,
+    GeneratorReplaySampler,
+    GeneratorSchedule,
+    GeneratorState,
+    make_adam,
+    train_generator,
+)
+from .streams import ExperienceTensors
+
+__all__ = ["BufferReplay", "GeneratorReplay", "NoReplay", "ReplaySource"]
+
+
+class ReplaySource:
+    """What the classifier replays. Subclasses: ``NoReplay``, ``BufferReplay``, ``GeneratorReplay``."""
+
+    name = "replay"
+    labels_from_memory = False  # True: sample() returns stored (y, t)
+
+    def active(self, t: int) -> bool:
+        """Whether experience t (1-based) gets replay."""
+        return False
+
+    def begin_experience(self, data: ExperienceTensors, t: int, replay_total: int) -> None:
+        """Before the classifier trains on experience t, whose training data is ``data``; it will draw
+        ``replay_total`` replayed samples in all."""
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """n replayed inputs, with stored labels and task labels if the source keeps them."""
+        raise NotImplementedError
+
+    def end_experience(self, data: ExperienceTensors, t: int, progress=None) -> dict:
+        """After the classifier trained on experience t; returns statistics to record."""
+        return {}
+
+    def poll_progress(self, progress) -> None:
+        """Advance the progress bar by work done elsewhere (a worker process)."""
+
+    def close(self) -> None:
+        """Release resources (worker processes)."""
+
+    def sample_grid(self, n: int = 100) -> torch.Tensor | None:
+        """Images of what will be replayed next (for the per-experience sample grids)."""
+        return None
+
+    def extra_iterations(self) -> int:
+        """Iterations per experience this source runs besides the classifier's (progress bar)."""
+        return 0
+
+
+
+class NoReplay(ReplaySource):
+    """No replay at all: fine-tuning (``none``), and the classifier of the ``joint`` bound."""
+
+    name = "none"
+
+
+class BufferReplay(ReplaySource):
+    """Exact replay from a class-balanced memory: after each experience, ``per_class`` random
+    training examples of each of its classes are stored (the memory grows by ``per_class`` per
+    class and is never rewritten). Replay batches are drawn uniformly from the memory."""
+
+    name = "buffer"
+    labels_from_memory = True
+
+    def __init__(self, per_class: int = 100, rng: torch.Generator | None = None) -> None:
+        self.per_class = per_class
+        self.memory: ExperienceTensors | None = None
+        self.rng = rng
+
+    def active(self, t: int) -> bool:
+        return self.memory is not None and len(self.memory) > 0
+
+    def sample(self, n: int):
+        m = self.memory
+        idx = torch.randint(len(m), (n,), generator=self.rng).to(m.x.device)
+        return m.x[idx], m.y[idx], m.t[idx]
+
+    def end_experience(self, data, t, progress=None):
+        keep = []
+        for c in data.y.unique().tolist():
+            idx = (data.y == c).nonzero().flatten().cpu()
+            keep.append(idx[torch.randperm(len(idx), generator=self.rng)[: self.per_class]])
+        idx = torch.cat(keep).to(data.x.device)
+        new = ExperienceTensors(data.x[idx], data.y[idx], data.t[idx])
+        self.memory = new if self.memory is None else ExperienceTensors.cat([self.memory, new])
+        return {"memory_size": len(self.memory)}
+
+    def sample_grid(self, n: int = 100):
+        if self.memory is None:
+            return None
+        idx = torch.randperm(len(self.memory), generator=self.rng)[:n].to(self.memory.x.device)
+        order = torch.argsort(self.memory.y[idx], stable=True)
+        return self.memory.x[idx][order]
+
+
+
+class GeneratorReplay(ReplaySource):
+    """Generative replay: ``generator`` is trained after each experience on the experience plus
+    replay of its own frozen copy from the previous experience; the classifier's replay in
+    experience t comes from the copy frozen at the end of t-1 (categories ∝ its q(c), drawn by a
+    ``CategorySchedule`` over the ``replay_total`` samples of the experience).
+
+    With a ``worker`` (``strategies.worker.GeneratorWorker``) the generator's training for
+    experience t runs in that process while the classifier trains on t (both only need the copy
+    frozen at the end of t-1); ``end_experience`` waits for it and loads the new weights.
+    """
+
+    def __init__(self, generator: GeneratorCore, schedule: GeneratorSchedule, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), writer=None, batch_hook=None, worker=None) -> None:
+        self.generator = generator
+        self.schedule = schedule
+        self.worker = worker
+        self.state = None if worker is not None else GeneratorState(make_adam(generator.parameters(), lr=lr, betas=betas))
+        self.previous: GeneratorCore | None = None
+        self.sampler: GeneratorReplaySampler | None = None
+        self.writer = writer
+        self.batch_hook = batch_hook
+        self.trained = False
+        self._progress_seen = 0
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.generator.name
+
+    def active(self, t: int) -> bool:
+        return self.trained and t > 1
+
+    def begin_experience(self, data, t, replay_total):
+        self.generator.to(data.x.device)
+        if self.active(t):
+            self.previous = self.generator.frozen_copy()
+            self.sampler = GeneratorReplaySampler(self.previous, replay_total)
+        if self.worker is not None:
+            self.worker.submit(data.x, t, self.schedule)
+
+    def poll_progress(self, progress):
+        if self.worker is not None and progress is not None:
+            count = self.worker.progress_count()
+            if count > self._progress_seen:
+                progress.update(count - self._progress_seen)
+                self._progress_seen = count
+
+    def sample(self, n):
+        return self.sampler.sample(n), None, None
+
+    def end_experience(self, data, t, progress=None):
+        if self.worker is None:
+            stats = train_generator(
+                self.generator, self.previous if t > 1 else None, data.x, t, self.state, self.schedule,
+                progress=progress, writer=self.writer, batch_hook=self.batch_hook,
+            )
+        else:
+            wait = time.perf_counter()
+            state_dict, stats, records = self.worker.result()
+            stats["main_wait_s"] = time.perf_counter() - wait
+            self.generator.load_state_dict(state_dict)
+            self.poll_progress(progress)
+            if self.writer is not None:
+                for tag, value, step in records:
+                    self.writer.add_scalar(tag, value, step)
+        self.trained = True
+        if self.sampler is not None and self.sampler.schedule is not None:
+            stats["classifier_replay_category_counts"] = self.sampler.schedule.drawn.tolist()
+        return stats
+
+    def sample_grid(self, n: int = 100):
+        return self.generator.sample_grid(n) if self.trained else None
+
+    def extra_iterations(self) -> int:
+        return self.schedule.iterations
+
+    def close(self):
+        if self.worker is not None:
+            self.worker.close()

@@ -1,0 +1,118 @@
+"""``CPVAEReplayPlugin`` inside Avalanche's own templates: replay beats fine-tuning on ``Naive``,
+replays exactly the categories ``ReplayStrategy`` replays for the same q(c), and runs with the
+regularisation templates (EWC, LwF) as well.
+
+Tiny synthetic streams (8x8 images, small networks) on the CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cl_replay.models import build_model
+from strategies.generators import GeneratorSchedule, make_adam
+from strategies.plugin import CPVAEReplayPlugin
+from strategies.replay import MLPClassifier, ReplayStrategy
+from strategies.sources import GeneratorReplay
+from test_strategies import DIM, _single_thread_cpu, synthetic_stream, tiny_model_config  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore:No loggers specified")
+
+
+def tiny_plugin(num_classes: int, iterations: int = 200, categories: int = 12, **options) -> CPVAEReplayPlugin:
+    schedule = GeneratorSchedule(iterations=iterations, batch_size=16, replay_batch_size=16,
+                                 temperature_iterations=iterations, aggregate_samples=200)
+    generator = build_model(tiny_model_config(categories=categories))
+    return CPVAEReplayPlugin(generator, num_classes=num_classes, schedule=schedule, lr=3e-3,
+                             replay_mb_size=16, **options)
+
+
+def avalanche_template(name: str, stream, plugins: list, epochs: int = 4):
+    from avalanche.training.supervised import EWC, LwF, Naive
+
+    torch.manual_seed(0)
+    model = MLPClassifier(DIM, stream.num_classes, units=32)
+    common = dict(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+                  criterion=torch.nn.CrossEntropyLoss(), train_mb_size=16, train_epochs=epochs,
+                  eval_mb_size=64, plugins=plugins, evaluator=None)
+    if name == "ewc":
+        return EWC(ewc_lambda=1.0, **common)
+    if name == "lwf":
+        return LwF(alpha=1.0, temperature=2.0, **common)
+    return Naive(**common)
+
+
+def final_average_accuracy(model: torch.nn.Module, stream) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(float((model(d.x).argmax(1) == d.y).float().mean()) for d in stream.test) / len(stream.test)
+
+
+def test_plugin_on_naive_beats_no_replay():
+    stream = synthetic_stream(4)
+    finals = {}
+    for replay in (False, True):
+        torch.manual_seed(0)
+        plugins = [tiny_plugin(stream.num_classes, tensor_source=stream.tensors)] if replay else []
+        strategy = avalanche_template("naive", stream, plugins)
+        for experience in stream.train_stream:
+            strategy.train(experience)
+        finals[replay] = final_average_accuracy(strategy.model, stream)
+    assert finals[False] < 0.4  # fine-tuning keeps the last experience only
+    assert finals[True] > finals[False] + 0.3, finals
+    plugin = plugins[0]
+    assert plugin.t == 4 and [s["experience"] for s in plugin.stats] == [1, 2, 3, 4]
+    assert [s["replay_samples"] for s in plugin.stats] == [0, 200 * 16, 200 * 16, 200 * 16]
+
+
+def test_plugin_and_replay_strategy_replay_the_same_categories_for_a_hand_set_q_c():
+    """Experience 2 replays from a generator whose q(c) is set by hand; over the experience both
+    loops draw exactly category_counts(iterations * replay batch) of each category."""
+    stream = synthetic_stream(2)  # 120 training examples per experience: 8 Naive batches of 16 per epoch
+    q = torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0])
+    iterations = 2 * 8
+    counts = {}
+    for loop in ("plugin", "strategy"):
+        torch.manual_seed(0)
+        if loop == "plugin":
+            plugin = tiny_plugin(stream.num_classes, iterations=5, categories=5)
+            strategy = avalanche_template("naive", stream, [plugin], epochs=2)
+            source = plugin.source
+        else:
+            generator = tiny_plugin(stream.num_classes, iterations=5, categories=5).generator
+            source = GeneratorReplay(generator, GeneratorSchedule(iterations=5, batch_size=16, replay_batch_size=16,
+                                                                  aggregate_samples=200), lr=3e-3)
+            model = MLPClassifier(DIM, stream.num_classes, units=32)
+            strategy = ReplayStrategy(model=model, optimizer=make_adam(model.parameters(), lr=1e-2), replay=source,
+                                      num_classes=stream.num_classes, iterations=iterations, train_mb_size=16,
+                                      replay_mb_size=16, tensor_source=stream.tensors)
+        strategy.train(stream.train_stream[0])
+        source.generator.model.aggregated_posterior.copy_(q)  # the replay of experience 2 follows this q(c)
+        strategy.train(stream.train_stream[1])
+        stats = plugin.stats if loop == "plugin" else strategy.replay_stats
+        counts[loop] = stats[-1]["classifier_replay_category_counts"]
+    expected = (q * iterations * 16).long().tolist()
+    assert expected == [128, 64, 32, 32, 0]
+    assert counts["plugin"] == counts["strategy"] == expected
+
+
+@pytest.mark.parametrize("template", ["ewc", "lwf"])
+def test_plugin_runs_with_regularisation_templates(template: str):
+    stream = synthetic_stream(2)
+    plugin = tiny_plugin(stream.num_classes, iterations=10, replay_labels="soft")
+    strategy = avalanche_template(template, stream, [plugin], epochs=1)
+    losses = []
+    original = plugin.before_backward
+
+    def spy(strategy, *args, **kwargs):
+        before = float(strategy.loss.detach())
+        original(strategy, *args, **kwargs)
+        losses.append((before, float(strategy.loss.detach())))
+
+    plugin.before_backward = spy
+    for experience in stream.train_stream:
+        strategy.train(experience)
+    assert plugin.last_replay is not None and plugin.last_replay.heads[0][1].dtype == torch.float32  # soft
+    assert len(losses) == 16
+    assert all(after == before for before, after in losses[:8])  # experience 1: nothing to replay
+    assert all(after != before for before, after in losses[8:])  # experience 2: (L + L_replay) / 2
