@@ -1,7 +1,8 @@
 """``cl-replay run STREAM --generator NAME ...``: one continual-learning run (the main CLI group in
 ``cl_replay.cli`` adds this command). Also runnable alone: ``python -m strategies.cli STREAM ...``.
 
-Heavy imports (Avalanche, torch models) happen inside the command, so loading the CLI stays fast.
+Names, numbers and folders are checked first; heavy imports (Avalanche, torch models) happen only
+once the work starts, so loading the CLI and refusing bad input stay fast.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import click
 
-STREAM_NAMES = ("split_mnist", "split_fashion_mnist", "split_omniglot")
 
 
 def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
@@ -28,55 +28,78 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
+RESUME_FLAGS = ("data_root", "device", "threads", "download", "progress", "on_nan")
+"""Settings a resumed run may change: where the data is and how the machine is used, not the protocol."""
+
+
 @click.command("run")
-@click.argument("stream")
+@click.argument("stream", required=False)
 @click.option("--generator", "-g", help="cpvae, vae, mog, vampprior, ... (any registered model), or none, joint, buffer.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="YAML file (default configs/cl/<STREAM>.yaml when it exists).")
+              help="YAML file (default: the packaged configs/cl/<STREAM>.yaml).")
 @click.option("--iterations", type=int, help="Classifier (and generator) iterations per experience (default 2000).")
 @click.option("--seed", type=int, help="Seed of weights, sampling and (seed != 0) the class order.")
-@click.option("--scenario", type=click.Choice(["class", "task"]), help="class- (default) or task-incremental.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--scenario", help="class- (default) or task-incremental.")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--data-root", help="Folder with MNIST/raw, FashionMNIST/raw, omniglot-py (else $CL_REPLAY_DATA).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default runs/<timestamp>-cl-<stream>-<generator>).")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True),
+              help="Continue the run in this folder after its last finished experience.")
 @click.option("--replay-labels", type=click.Choice(["hard", "soft"]), help="Labels of replay from the previous classifier.")
 @click.option("--categories", type=int, help="Generator categories K (CP-VAE) / components.")
 @click.option("--n-experiences", type=int, help="Number of experiences (Omniglot: the first N alphabets).")
 @click.option("--eval-split", type=click.Choice(["test", "val"]), help="Evaluate on the test set or the validation split.")
 @click.option("--threads", type=int, help="torch threads (default 1: two single-threaded workers use 2 cores best).")
+@click.option("--no-download", "download", flag_value=False, default=None,
+              help="Never download missing datasets (default: download them into a writable data root).")
+@click.option("--on-nan", type=click.Choice(["stop", "skip"]),
+              help="A non-finite loss stops the run (default; the last finished experience stays saved) or skips that step.")
 @click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE",
               help="Any other config key, e.g. --set gen_kl_warmup=500 (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No tqdm progress bar.")
-def run(stream: str, config_file: str | None, set_values: tuple[str, ...], no_progress: bool, **flags: Any) -> None:
+def run(stream: str | None, config_file: str | None, resume: str | None, set_values: tuple[str, ...],
+        no_progress: bool, **flags: Any) -> None:
     """Continual learning on STREAM (split_mnist, split_fashion_mnist, split_omniglot) with a
-    replay generator; writes results.json, plots and TensorBoard logs to the run folder."""
-    from cl_replay.config import ConfigError
+    replay generator; writes results.json, plots and TensorBoard logs to the run folder.
+    ``--resume RUN_DIR`` continues an interrupted run after its last finished experience."""
+    from pathlib import Path
 
-    if stream not in STREAM_NAMES:
-        raise click.BadParameter(f"unknown stream {stream!r}; choose one of: {', '.join(STREAM_NAMES)}",
-                                 param_hint="STREAM")
+    from cl_replay.checks import check_resumable, check_run_folder
+    from cl_replay.config import ConfigError, read_yaml
+
+    from .config import RESUME_STATE, configs_from_values, run_values
+
     overrides = _parse_set(set_values)
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if no_progress:
         overrides["progress"] = False
-
-    from .run import available_generators, load_config, run_experiment
-
-    generator = overrides.get("generator")
-    if generator is not None and generator not in available_generators():
-        raise click.BadParameter(f"unknown generator {generator!r}; choose one of: {', '.join(available_generators())}",
-                                 param_hint="--generator")
     try:
-        cl, model = load_config(stream, config_file, overrides)
+        if resume:
+            check_resumable(Path(resume), RESUME_STATE)
+            values, source = read_yaml(Path(resume) / "config.yaml"), str(Path(resume) / "config.yaml")
+            fixed = sorted(set(overrides) - set(RESUME_FLAGS)) + (["--config"] if config_file else [])
+            if fixed or stream not in (None, values.get("stream")):
+                raise ConfigError(f"--resume continues {resume} as it was configured; drop "
+                                  f"{', '.join(fixed) or 'STREAM'} (it may change only {', '.join(RESUME_FLAGS)})")
+            values.update(overrides, out=resume)  # the folder as named now, wherever the run started
+        elif stream is None:
+            raise ConfigError("missing STREAM: split_mnist, split_fashion_mnist or split_omniglot (or --resume RUN_DIR)")
+        else:
+            values, source = run_values(stream, config_file, overrides)
+            check_run_folder(Path(values.get("out") or "runs"), RESUME_STATE)  # runs/: the default's parent
+        cl, model = configs_from_values(values, source)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
-    from cl_replay.data import DatasetError
 
+    from cl_replay.data import DatasetError
+    from cl_replay.divergence import DivergenceError
+
+    from .run import run_experiment
     from .streams import StreamError
 
     try:
-        run_experiment(cl, model, echo=click.echo)
-    except (ConfigError, DatasetError, StreamError) as error:
+        run_experiment(cl, model, echo=click.echo, resume=bool(resume))
+    except (ConfigError, DatasetError, DivergenceError, StreamError, OSError) as error:
         raise click.ClickException(str(error)) from error
     except KeyboardInterrupt:
         raise SystemExit(130)

@@ -1,0 +1,112 @@
+"""The configuration of a continual-learning run, read and checked without torch or Avalanche:
+``CLConfig``, the values of a run (packaged defaults ``cl_replay/configs/cl/<stream>.yaml`` <
+a config file < flags) and the checks of their names and numbers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cl_replay.checks import (BASELINES, MODELS, ON_NAN, SCENARIOS, STREAMS, check_choice, check_device,
+                              check_numbers)
+from cl_replay.config import build_configs, packaged_config, read_yaml, resolve_config
+from cl_replay.settings import ModelConfig
+
+__all__ = ["BASELINES", "CLConfig", "RESUME_STATE", "available_generators", "check_values", "configs_from_values",
+           "run_values"]
+
+RESUME_STATE = "resume.pt"
+"""The file of a run folder that ``cl-replay run --resume`` continues from (rewritten after every experience)."""
+
+
+@dataclass
+class CLConfig:
+    """Everything a continual-learning run needs besides the generator's architecture (``ModelConfig``).
+
+    Protocol defaults follow van de Ven & Tolias (2019): 2000 iterations per experience, batch 128
+    plus 128 replayed, Adam lr 1e-3 betas (0.9, 0.999), classifier 784-400-400-C ReLU; the
+    generator is trained on the same schedule. ``gen_*`` values of 0 mean "same as the classifier's".
+    """
+
+    stream: str = "split_mnist"
+    generator: str = "cpvae"
+    scenario: str = "class"
+    seed: int = 0
+    n_experiences: int = 0
+    data_root: str = ""
+    eval_split: str = "test"
+    device: str = "auto"
+    iterations: int = 2000
+    batch_size: int = 128
+    replay_batch_size: int = 128
+    lr: float = 0.001
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    fc_units: int = 400
+    fc_layers: int = 2
+    replay_labels: str = "hard"
+    distill_temperature: float = 2.0
+    buffer_per_class: int = 100
+    joint_iterations: int = 0
+    gen_iterations: int = 0
+    gen_batch_size: int = 0
+    gen_replay_batch_size: int = 0
+    gen_lr: float = 0.001
+    gen_kl_warmup: int = 0
+    gen_temperature_iterations: int = 0
+    gen_temperature_restart: bool = True
+    aggregate_samples: int = 10000
+    eval_batch_size: int = 1000
+    grid_samples: int = 100
+    out: str = ""
+    threads: int = 1
+    parallel_generator: bool = True
+    progress: bool = True
+    download: bool = True
+    on_nan: str = "stop"
+
+
+def available_generators() -> list[str]:
+    """Generative models of the registry (``cl_replay.models.MODELS``) and the reference points."""
+    return sorted(MODELS) + list(BASELINES)
+
+
+def run_values(stream: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], str]:
+    """The flat values of a run and where they come from: ``config_file`` (else the packaged
+    ``cl/<stream>.yaml`` when there is one) < ``overrides``; ``stream`` always wins."""
+    check_choice("stream", stream, STREAMS)
+    path = resolve_config(config_file, "cl") if config_file else packaged_config(f"cl/{stream}.yaml")
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if config_file or path.is_file():
+        values.update(read_yaml(path))
+        source = str(path)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["stream"] = stream
+    return values, source
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """Names and numbers of a run (a flat dict, before any work); raises ``ConfigError``."""
+    defaults = CLConfig()
+    for key, valid in (("stream", STREAMS), ("generator", available_generators()), ("scenario", SCENARIOS),
+                       ("replay_labels", ("hard", "soft")), ("eval_split", ("test", "val")), ("on_nan", ON_NAN)):
+        check_choice(key, values.get(key, getattr(defaults, key)), valid)
+    check_device(str(values.get("device", defaults.device)))
+    check_numbers(values, positive=("iterations", "batch_size", "replay_batch_size", "eval_batch_size", "lr", "gen_lr",
+                                    "fc_units", "fc_layers", "categories", "latent_dim", "hidden",
+                                    "distill_temperature", "buffer_per_class", "aggregate_samples"),
+                  non_negative=("n_experiences", "joint_iterations", "gen_iterations", "gen_batch_size",
+                                "gen_replay_batch_size", "gen_kl_warmup", "gen_temperature_iterations",
+                                "grid_samples", "threads"))
+
+
+def configs_from_values(values: dict[str, Any], source: str) -> tuple[CLConfig, ModelConfig]:
+    """The run's configs from flat ``values`` (checked; unknown keys name the closest valid one); the
+    generator, when it is a model, names the model."""
+    check_values(values)
+    cl, model = build_configs(values, CLConfig, ModelConfig, source=source)
+    if cl.generator in MODELS:
+        model = replace(model, model=cl.generator)
+    return cl, model
