@@ -12,12 +12,18 @@ Modules (imported lazily: ``import strategies`` stays cheap, Avalanche loads on 
 * ``replay``: ``ReplayStrategy`` (an Avalanche ``SupervisedTemplate`` running on ``ReplayPlugin``
   with van de Ven's logit masks and tensor-sliced batches); ``MLPClassifier``.
 * ``worker``: generator training in a parallel single-threaded process.
-* ``run``: ``CLConfig``, ``load_config``, ``run_experiment`` (the run folder).
+* ``config``: ``CLConfig`` and the checks of a run's names and numbers, without torch.
+* ``run``: ``load_config``, ``run_experiment`` (the run folder, resumable after every experience).
 * ``cli``: the ``run`` click command; ``summary``: ``summarize_cl_runs``.
 """
 from __future__ import annotations
 
 import importlib
+import warnings
+
+# Avalanche imports qpsolvers (for GEM), which warns at import when no QP solver backend is
+# installed; no strategy here solves a QP, so the warning is only noise on every command.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
 _EXPORTS = {
     "build_stream": "streams",
@@ -35,7 +41,7 @@ _EXPORTS = {
     "NoReplay": "sources",
     "BufferReplay": "sources",
     "GeneratorReplay": "sources",
-    "CLConfig": "run",
+    "CLConfig": "config",
     "load_config": "run",
     "run_experiment": "run",
     "available_generators": "run",

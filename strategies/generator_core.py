@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cl_replay.divergence import loss_is_finite
+
 
 __all__ = [
     "CategorySchedule",
@@ -196,6 +198,7 @@ class GeneratorSchedule:
     temperature_restart: bool = True
     aggregate_samples: int = 10000
     log_every: int = 50
+    on_nan: str = "stop"  # a non-finite loss stops training (DivergenceError) or, "skip", skips the step
 
 
 @dataclass
@@ -247,6 +250,7 @@ def train_generator(
     logged_sum: dict[str, torch.Tensor] = {}
     logged_count = 0
     replay_seen = 0
+    skipped = 0
     last: dict[str, float] = {}
     start = time.perf_counter()
     for i in range(schedule.iterations):
@@ -269,12 +273,17 @@ def train_generator(
             loss = per_example.mean()
         else:
             loss = weight_current * per_example[:n].mean() + (1.0 - weight_current) * per_example[n:].mean()
+        if not loss_is_finite(loss, terms, f"experience {t}, generator iteration {i + 1}", schedule.on_nan):
+            skipped += 1
+            if progress is not None:
+                progress.update(1)
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         state.iteration += 1
         replay_seen += 0 if x_replay is None else x_replay.shape[0]
-        # Running sums stay tensors: no synchronisation inside the loop.
+        # Running sums stay tensors: the divergence check is the loop's one synchronisation.
         with torch.no_grad():
             current = {"loss": loss.detach(), "neg_elbo_current": (terms["reconstruction"][:n] + kl[:n]).mean()}
             if x_replay is not None:
@@ -304,6 +313,7 @@ def train_generator(
         "ms_per_iteration": 1000.0 * wall / max(1, schedule.iterations),
         "refit_time_s": time.perf_counter() - fit_start,
         "replay_samples": replay_seen,
+        "skipped_steps": skipped,
         "final": last,
         "q_c": None if q_c is None else [round(v, 6) for v in q_c.tolist()],
     }

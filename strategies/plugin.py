@@ -164,6 +164,7 @@ class ReplayPlugin(SupervisedPlugin):
         self.batch: ReplayBatch | None = None  # replay of the current iteration
         self.replay_logits: torch.Tensor | None = None  # set by a template that forwarded the replay itself
         self.last_replay: ReplayBatch | None = None
+        self.loss_terms: dict[str, torch.Tensor] = {}  # current and replay loss of the latest replay iteration
         self.stats: list[dict] = []
 
     # ------------------------------------------------------------------ experience
@@ -189,6 +190,18 @@ class ReplayPlugin(SupervisedPlugin):
         self.stats.append(self.source.end_experience(self.current_data, self.t, self.progress))
         self.batch = self.replay_logits = self.current_data = None
 
+    def state_dict(self) -> dict:
+        """Experiences done, classes seen, statistics and the source's state: with the classifier, what
+        a resumed run needs (the frozen classifier of the next experience is a copy made when it starts)."""
+        labels = {name: getattr(self.labels, name) for name in ("seen", "seen_before", "tasks_seen", "tasks_seen_before")}
+        return {"t": self.t, "labels": labels, "stats": self.stats, "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t, self.stats = state["t"], state["stats"]
+        for name, value in state["labels"].items():
+            setattr(self.labels, name, value)
+        self.source.load_state_dict(state["source"])
+
     # ------------------------------------------------------------------ iterations
     def before_forward(self, strategy, *args, **kwargs):
         self.replay_logits = None
@@ -201,7 +214,9 @@ class ReplayPlugin(SupervisedPlugin):
             return
         logits = self.replay_logits if self.replay_logits is not None else strategy.model(self.batch.x)
         weight = 1.0 / self.t
-        strategy.loss = weight * strategy.loss + (1.0 - weight) * self.replay_loss(logits, self.batch)
+        replay = self.replay_loss(logits, self.batch)
+        self.loss_terms = {"current": strategy.loss.detach(), "replay": replay.detach()}
+        strategy.loss = weight * strategy.loss + (1.0 - weight) * replay
 
     # ------------------------------------------------------------------ replay
     def _targets(self, logits: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

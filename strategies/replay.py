@@ -33,6 +33,8 @@ from torch import nn
 
 from avalanche.training.templates import SupervisedTemplate
 
+from cl_replay.divergence import loss_is_finite
+
 from .plugin import ReplayBatch, ReplayPlugin
 from .sources import NoReplay, ReplaySource
 from .streams import ExperienceTensors, extract_tensors
@@ -102,6 +104,7 @@ class ReplayStrategy(SupervisedTemplate):
     :param tensor_source: ``dataset -> ExperienceTensors | None`` (e.g. ``ContinualStream.tensors``);
         datasets it does not know are read once through a DataLoader.
     :param progress: a tqdm bar advanced once per classifier / generator iteration.
+    :param on_nan: a non-finite loss ``stop`` s training (``DivergenceError``) or its update is ``skip`` ped.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ReplayStrategy(SupervisedTemplate):
         device: str | torch.device = "cpu",
         plugins=None,
         evaluator=None,
+        on_nan: str = "stop",
     ) -> None:
         replay_plugin = ReplayPlugin(
             replay or NoReplay(), num_classes=num_classes, scenario=scenario, task_classes=task_classes,
@@ -145,6 +149,8 @@ class ReplayStrategy(SupervisedTemplate):
         self.tensor_source = tensor_source
         self.progress = progress
         self.timing: list[dict] = []
+        self.on_nan = on_nan
+        self.skipped_steps = 0
         self._tensor_cache: dict[int, tuple[object, ExperienceTensors]] = {}
         self._loop_start = 0.0
 
@@ -194,12 +200,14 @@ class ReplayStrategy(SupervisedTemplate):
     def _before_training_epoch(self, **kwargs):
         super()._before_training_epoch(**kwargs)
         self._loop_start = time.perf_counter()
+        self.skipped_steps = 0
 
     def _after_training_epoch(self, **kwargs):
         wall = time.perf_counter() - self._loop_start
         self.timing.append({"experience": self.t, "classifier_iterations": self.iterations,
                             "classifier_wall_time_s": wall,
-                            "classifier_ms_per_iteration": 1000.0 * wall / max(1, self.iterations)})
+                            "classifier_ms_per_iteration": 1000.0 * wall / max(1, self.iterations),
+                            "classifier_skipped_steps": self.skipped_steps})
         super()._after_training_epoch(**kwargs)
 
     def _after_training_iteration(self, **kwargs):
@@ -240,6 +248,35 @@ class ReplayStrategy(SupervisedTemplate):
         if not self.is_training:
             return F.cross_entropy(self.mb_output, self.mb_y)
         return F.cross_entropy(self.mb_output + self.labels.current_bias(self.mb_y), self.mb_y)
+
+    def optimizer_step(self):
+        """The update, unless the loss is not finite: then stop (``DivergenceError``) or skip it (``on_nan``)."""
+        plugin = self.replay_plugin
+        terms = plugin.loss_terms if plugin.batch is not None else {"current": self.loss.detach()}
+        where = f"experience {self.t}, classifier iteration {self.clock.train_epoch_iterations + 1}"
+        if loss_is_finite(self.loss, terms, where, self.on_nan):
+            super().optimizer_step()
+        else:
+            self.skipped_steps += 1
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict:
+        """Classifier, optimizer, replay (plugin and source), timings, Avalanche's clock and the
+        evaluator's metrics (forgetting needs the accuracies seen so far), as saved after an
+        experience for ``load_state_dict`` to continue from."""
+        clock = {k: v for k, v in vars(self.clock).items() if isinstance(v, int)}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "timing": self.timing,
+                "replay": self.replay_plugin.state_dict(), "clock": clock, "metrics": self.evaluator.metrics}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        # Avalanche resets the optimizer the first time it sees it; let it do that now, not in train().
+        self.make_optimizer(reset_optimizer_state=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.timing = state["timing"]
+        self.replay_plugin.load_state_dict(state["replay"])
+        vars(self.clock).update(state["clock"])
+        self.evaluator.metrics = state["metrics"]
 
     # ------------------------------------------------------------------ evaluation helpers
     @torch.no_grad()

@@ -62,6 +62,12 @@ class ReplaySource:
         """Iterations per experience this source runs besides the classifier's (progress bar)."""
         return 0
 
+    def state_dict(self) -> dict:
+        """What the source must keep between experiences for a resumed run to go on identically."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` (on a source built with the same settings)."""
 
 
 class NoReplay(ReplaySource):
@@ -108,6 +114,14 @@ class BufferReplay(ReplaySource):
         order = torch.argsort(self.memory.y[idx], stable=True)
         return self.memory.x[idx][order]
 
+    def state_dict(self) -> dict:
+        return {"memory": None if self.memory is None else vars(self.memory),
+                "rng": None if self.rng is None else self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = None if state["memory"] is None else ExperienceTensors(**state["memory"])
+        if self.rng is not None:
+            self.rng.set_state(state["rng"])
 
 
 class GeneratorReplay(ReplaySource):
@@ -133,6 +147,7 @@ class GeneratorReplay(ReplaySource):
         self.batch_hook = batch_hook
         self.trained = False
         self._progress_seen = 0
+        self._worker_state: dict = {}  # the worker's optimizer, iteration count and RNG after its last job
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -167,7 +182,7 @@ class GeneratorReplay(ReplaySource):
             )
         else:
             wait = time.perf_counter()
-            state_dict, stats, records = self.worker.result()
+            state_dict, stats, records, self._worker_state = self.worker.result()
             stats["main_wait_s"] = time.perf_counter() - wait
             self.generator.load_state_dict(state_dict)
             self.poll_progress(progress)
@@ -188,3 +203,21 @@ class GeneratorReplay(ReplaySource):
     def close(self):
         if self.worker is not None:
             self.worker.close()
+
+    def state_dict(self) -> dict:
+        """The generator, its optimizer and iteration count (and, trained in a worker, the worker's RNG).
+        Its frozen copy for the next experience is a copy of this generator, made when that starts."""
+        state = {"generator": self.generator.state_dict(), "trained": self.trained}
+        if self.worker is None:
+            return state | {"optimizer": self.state.optimizer.state_dict(), "iteration": self.state.iteration}
+        return state | self._worker_state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.trained = state["trained"]
+        if self.worker is None:
+            self.state.optimizer.load_state_dict(state["optimizer"])
+            self.state.iteration = state["iteration"]
+        else:
+            self._worker_state = {k: state[k] for k in ("optimizer", "iteration", "rng")}
+            self.worker.restore(self.generator, **self._worker_state)

@@ -277,13 +277,14 @@ def build_stream(
     n_experiences: int = 0,
     eval_split: str = "test",
     device: torch.device | str = "cpu",
-    download: bool = False,
+    download: bool = True,
 ) -> ContinualStream:
     """Stream ``name`` (see :data:`STREAMS`) from the data under ``data_root``.
 
     ``eval_split`` is ``test`` (the official test set) or ``val`` (the validation split, for tuning).
     ``n_experiences`` 0 keeps the stream's default (5 for the split MNIST-like streams, every
-    alphabet for Omniglot).
+    alphabet for Omniglot). Missing data is downloaded into a writable data root unless ``download``
+    is False.
     """
     from cl_replay.data import load_dataset
 

@@ -8,11 +8,15 @@ same procedure as training them in sequence; only the wall time changes (about m
 sum). The worker is started with ``spawn`` (fork after OpenMP/MKL initialisation is unsafe) and
 imports only ``generator_core`` and the model registry, not Avalanche.
 
-Messages are bytes produced by ``torch.save`` (robust, no shared-memory file descriptors).
+Messages are bytes produced by ``torch.save`` (robust, no shared-memory file descriptors). After
+every job the worker reports its optimizer state, iteration count and RNG state, so a run can save
+them and a resumed run can ``restore`` a fresh worker to exactly that point. A worker whose parent
+process died (e.g. killed with SIGKILL) exits on its own.
 """
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import queue
 import traceback
@@ -56,10 +60,22 @@ class _CounterProgress:
         self.counter.value += n
 
 
+def _next_request(requests):
+    """The next request, or None once the parent process is gone (then nothing will read replies)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return requests.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
+
+
 def _worker_main(requests, replies, counter, init_blob: bytes) -> None:
     try:
         torch.set_num_threads(1)
         torch.set_flush_denormal(True)
+        from cl_replay.divergence import DivergenceError
         from cl_replay.models import build_model
 
         from .generator_core import GeneratorCore, GeneratorState, make_adam, train_generator
@@ -76,17 +92,30 @@ def _worker_main(requests, replies, counter, init_blob: bytes) -> None:
         replies.put(_dumps({"status": "error", "error": traceback.format_exc()}))
         return
     while True:
-        blob = requests.get()
+        blob = _next_request(requests)
         if blob is None:
+            replies.cancel_join_thread()  # nobody reads replies any more: exit without flushing them
             return
         try:
             job = _loads(blob)
+            if "restore" in job:
+                restore = job["restore"]
+                generator.load_state_dict(restore["state_dict"])
+                state.optimizer.load_state_dict(restore["optimizer"])
+                state.iteration = restore["iteration"]
+                torch.set_rng_state(restore["rng"])
+                continue
             t = job["experience"]
             previous = generator.frozen_copy() if t > 1 else None
             stats = train_generator(generator, previous, job["x"], t, state, job["schedule"], progress=progress,
                                     writer=writer)
             state_dict = {k: v.detach().clone() for k, v in generator.state_dict().items()}
-            replies.put(_dumps({"status": "ok", "state_dict": state_dict, "stats": stats, "logs": writer.drain()}))
+            training = {"optimizer": state.optimizer.state_dict(), "iteration": state.iteration,
+                        "rng": torch.get_rng_state()}
+            replies.put(_dumps({"status": "ok", "state_dict": state_dict, "stats": stats, "logs": writer.drain(),
+                                "training": training}))
+        except DivergenceError as error:
+            replies.put(_dumps({"status": "diverged", "error": str(error)}))
         except BaseException:
             replies.put(_dumps({"status": "error", "error": traceback.format_exc()}))
 
@@ -95,7 +124,7 @@ class GeneratorWorker:
     """A persistent process that owns a copy of the generator and its optimizer.
 
     ``submit(x, t)`` starts training on experience t; ``result()`` waits for it and returns
-    (state_dict, stats, TensorBoard records). ``progress_count()`` is the number of generator
+    (state_dict, stats, TensorBoard records, training state). ``progress_count()`` is the number of generator
     iterations done so far (for the progress bar).
     """
 
@@ -131,17 +160,31 @@ class GeneratorWorker:
                 continue
             if message["status"] == "error":
                 raise RuntimeError("generator worker failed:\n" + message["error"])
+            if message["status"] == "diverged":
+                from cl_replay.divergence import DivergenceError
+
+                raise DivergenceError(message["error"])
             return message
 
-    def submit(self, x: torch.Tensor, experience: int, schedule) -> None:
+    def _send(self, job: dict) -> None:
         if not self._ready:
             self._receive()  # the "ready" message
             self._ready = True
-        self._requests.put(_dumps({"x": x.detach().cpu(), "experience": experience, "schedule": schedule}))
+        self._requests.put(_dumps(job))
 
-    def result(self) -> tuple[dict, dict, list]:
+    def submit(self, x: torch.Tensor, experience: int, schedule) -> None:
+        self._send({"x": x.detach().cpu(), "experience": experience, "schedule": schedule})
+
+    def restore(self, generator, optimizer: dict, iteration: int, rng: torch.Tensor) -> None:
+        """Bring the worker to a saved point: ``generator``'s weights, the optimizer state, the
+        iteration count and the RNG state its last job ended with."""
+        state_dict = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
+        self._send({"restore": {"state_dict": state_dict, "optimizer": optimizer, "iteration": iteration, "rng": rng}})
+
+    def result(self) -> tuple[dict, dict, list, dict]:
+        """(state_dict, stats, TensorBoard records, training state: optimizer, iteration, rng)."""
         message = self._receive()
-        return message["state_dict"], message["stats"], message["logs"]
+        return message["state_dict"], message["stats"], message["logs"], message["training"]
 
     def progress_count(self) -> int:
         return int(self._counter.value)

@@ -44,14 +44,14 @@ def fake_labels(n: int, offset: int) -> np.ndarray:
     return ((offset + np.arange(n)) % 10).astype(np.uint8)
 
 
-def write_idx_files(raw_dir: Path) -> None:
-    """Tiny MNIST: 12 train images (values 0, 10, ..., 110) and 5 test images (120..160)."""
+def write_idx_files(raw_dir: Path, n_train: int = N_TRAIN_FILE, n_test: int = N_TEST_FILE) -> None:
+    """Tiny MNIST: 12 train images (values 0, 10, ..., 110) and 5 test images (120..160) by default."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     arrays = (
-        fake_images(N_TRAIN_FILE, 0),
-        fake_labels(N_TRAIN_FILE, 0),
-        fake_images(N_TEST_FILE, N_TRAIN_FILE),
-        fake_labels(N_TEST_FILE, N_TRAIN_FILE),
+        fake_images(n_train, 0),
+        fake_labels(n_train, 0),
+        fake_images(n_test, n_train),
+        fake_labels(n_test, n_train),
     )
     for name, array in zip(IDX_NAMES, arrays):
         (raw_dir / name).write_bytes(gzip.compress(idx_bytes(array)))
