@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from . import evaluation
+from .checkpoints import save_atomic
 from .data import binarize
+from .divergence import DivergenceError, loss_is_finite
 from .models.base import GenerativeModel, ModelConfig
+from .settings import TrainConfig  # noqa: F401  (re-exported)
 from .visualize import image_grid, save_grid
-
-
-@dataclass
-class TrainConfig:
-    """Training, data and evaluation settings of ``cl-replay pretrain`` (paper section 5 defaults)."""
-
-    dataset: str = "mnist"
-    epochs: int = 1000
-    batch_size: int = 100
-    lr: float = 5e-4
-    warmup: int = 100
-    patience: int = 50
-    is_samples: int = 5000
-    seed: int = 0
-    limit: int = 0
-    device: str = "auto"
-    data_root: str | None = None
 
 
 class CheckpointError(RuntimeError):
@@ -80,10 +65,11 @@ class Trainer:
         val_x: torch.Tensor,
         binarize_batches: bool = True,
         image_shape: tuple[int, ...] | None = (1, 28, 28),
+        val_y: torch.Tensor | None = None,
     ) -> None:
         torch.set_flush_denormal(True)  # denormal floats slow CPU training several-fold
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
-        self.train_x, self.val_x = train_x, val_x
+        self.train_x, self.val_x, self.val_y = train_x, val_x, val_y
         self.binarize_batches, self.image_shape = binarize_batches, image_shape
         # The fused kernel updates all parameters at once: ~30% less time per step on 2 CPU cores.
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
@@ -110,9 +96,7 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
-        path = self.run_dir / "checkpoints" / name
-        torch.save(self.state(), path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)  # never leave a half-written checkpoint behind
+        save_atomic(self.state(), self.run_dir / "checkpoints" / name)
 
     def resume(self) -> None:
         """Continue from ``checkpoints/last.pt``: weights, optimizer, counters and RNG states."""
@@ -140,12 +124,16 @@ class Trainer:
         permutation = torch.randperm(n, device=self.train_x.device)
         sums: dict[str, torch.Tensor] = {}
         batches = permutation.split(config.batch_size)
+        skipped = 0
         bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
         for step, indices in enumerate(bar):
             x = self.train_x[indices]
             if self.binarize_batches:
                 x = binarize(x)
             loss, terms = model.loss(x, beta)
+            if not loss_is_finite(loss, terms, f"epoch {epoch}, step {step + 1}", config.on_nan):
+                skipped += 1
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -153,8 +141,13 @@ class Trainer:
                 sums[name] = sums[name] + value if name in sums else value
             if step % 50 == 0:
                 bar.set_postfix({name: f"{float(value):.2f}" for name, value in terms.items()})
-        means = {name: float(total) / len(batches) for name, total in sums.items()}
-        return {**means, "beta": beta, "lr": self.optimizer.param_groups[0]["lr"], **schedule}
+        if skipped == len(batches):
+            raise DivergenceError(f"the loss was non-finite at every step of epoch {epoch}")
+        if skipped:
+            tqdm.write(f"epoch {epoch}: skipped {skipped} of {len(batches)} steps with a non-finite loss")
+        means = {name: float(total) / max(1, len(batches) - skipped) for name, total in sums.items()}
+        return {**means, "beta": beta, "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": skipped,
+                **schedule}
 
     def fit(self) -> None:
         """Train until ``epochs`` or early stopping; Ctrl-C saves ``last.pt`` and re-raises."""
@@ -164,6 +157,8 @@ class Trainer:
             for epoch in epochs:
                 started = time.perf_counter()
                 train = self.train_epoch(epoch)
+                train_x = binarize(self.train_x) if self.binarize_batches else self.train_x
+                train |= self.model.end_epoch(epoch, train_x)
                 self.train_seconds += time.perf_counter() - started
                 val = evaluation.elbo_terms(self.model, self.val_x)
                 self.model.fit_generation(self.val_x)
@@ -174,12 +169,16 @@ class Trainer:
                     self.save("best.pt")
                 elif epoch > config.warmup:
                     self.epochs_without_improvement += 1
-                self.save("last.pt")
                 self.log_epoch(epoch, train, val)
+                self.save("last.pt")  # after every random draw of the epoch: a resumed run repeats the rest exactly
                 epochs.set_postfix(train=f"{train['neg_elbo']:.2f}", val=f"{val['neg_elbo']:.2f}", best=f"{self.best_val:.2f}")
                 if self.epochs_without_improvement >= config.patience:
                     tqdm.write(f"early stopping after epoch {epoch}: no improvement for {config.patience} epochs")
                     break
+        except DivergenceError as error:
+            kept = (f"{self.run_dir / 'checkpoints' / 'last.pt'} still holds epoch {self.epoch}; continue it with "
+                    f"cl-replay pretrain --resume {self.run_dir} and a smaller --lr") if self.epoch else "no epoch finished"
+            raise DivergenceError(f"{error}. Training stopped; {kept}.") from None
         except KeyboardInterrupt:
             self.save("last.pt")
             tqdm.write(f"interrupted: saved {self.run_dir / 'checkpoints' / 'last.pt'}; "
@@ -196,6 +195,12 @@ class Trainer:
         if categories is not None:
             bins = torch.arange(self.model.config.categories + 1) - 0.5
             self.writer.add_histogram("val/category", categories.cpu(), epoch, bins=bins.numpy())
+            for name, value in evaluation.category_usage(self.model.aggregated_posterior).items():
+                if not isinstance(value, list):
+                    self.writer.add_scalar(f"val/{name}", value, epoch)
+            if self.val_y is not None:
+                accuracy, _ = evaluation.cluster_accuracy(categories.cpu().numpy(), self.val_y.cpu().numpy())
+                self.writer.add_scalar("val/cluster_accuracy", accuracy, epoch)
         if self.image_shape is not None and (epoch % 10 == 0 or epoch == 1):
             self.writer.add_image("samples", image_grid(self.model.sample_rows(10), self.image_shape), epoch)
         self.writer.flush()
@@ -272,16 +277,17 @@ def pretrain(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resu
 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    splits = load_dataset(config.dataset, config.data_root).to(device)
+    splits = load_dataset(config.dataset, config.data_root, download=config.download).to(device)
     train = splits.train
     if config.limit > 0:
         groups = None if train.groups is None else train.groups[: config.limit]
         train = Split(train.x[: config.limit], train.y[: config.limit], groups)
     model_config.input_dim = train.x.shape[1]
     model = build_model(model_config).to(device)
+    tqdm.write(f"run folder: {run_dir}   (tensorboard --logdir {run_dir})")
     if not resume:
         write_config(run_dir, as_flat_dict(model_config, config))
-    trainer = Trainer(model, config, run_dir, train.x, splits.val.x, image_shape=splits.image_shape)
+    trainer = Trainer(model, config, run_dir, train.x, splits.val.x, image_shape=splits.image_shape, val_y=splits.val.y)
     if resume:
         trainer.resume()
         tqdm.write(f"resuming {run_dir} after epoch {trainer.epoch}")

@@ -5,26 +5,10 @@ by the warm-up beta, so it never needs to know what is inside a model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass
-class ModelConfig:
-    """Architecture of a model. ``categories`` is K: CP-VAE categories, mixture components or pseudo-inputs."""
-
-    model: str = "cpvae"
-    input_dim: int = 784
-    latent_dim: int = 40
-    hidden: int = 300
-    categories: int = 10
-    likelihood: str = "bernoulli"
-    temperature_start: float = 1.0
-    temperature_min: float = 0.5
-    temperature_epochs: int = 100
-    flow_layers: int = 6
+from ..settings import ModelConfig  # noqa: F401  (re-exported: models build from it)
 
 
 class GenerativeModel(nn.Module):
@@ -55,6 +39,11 @@ class GenerativeModel(nn.Module):
         """Advance the model's own annealing schedules (if any); returns their values for logging."""
         return {}
 
+    def end_epoch(self, epoch: int, train_x: torch.Tensor) -> dict[str, float]:
+        """Data-dependent steps a model takes after (1-based) ``epoch``, e.g. the CP-VAE's k-means
+        initialisation of its categories; returns values for logging. A no-op by default."""
+        return {}
+
     def fit_generation(self, x: torch.Tensor) -> None:
         """Prepare generation from training data (the CP-VAE's aggregated posterior); a no-op by default."""
 
@@ -63,11 +52,13 @@ class GenerativeModel(nn.Module):
         return None
 
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean of reconstruction + beta * KL over the batch, and the detached batch means of every
-        term together with ``neg_elbo`` (the negative ELBO at beta = 1)."""
+        """Mean of reconstruction + beta * KL (+ any ``penalty`` terms) over the batch, and the
+        detached batch means of every term together with ``neg_elbo`` (the negative ELBO at
+        beta = 1, which never includes a penalty: penalties are temporary training aids)."""
         terms = self.elbo_terms(x)
         kl = sum(value for name, value in terms.items() if name.startswith("kl"))
-        loss = (terms["reconstruction"] + beta * kl).mean()
+        penalty = sum(value for name, value in terms.items() if name.startswith("penalty"))
+        loss = (terms["reconstruction"] + beta * kl + penalty).mean()
         logged = {name: value.detach().mean() for name, value in terms.items()}
         logged["neg_elbo"] = (terms["reconstruction"] + kl).detach().mean()
         return loss, logged

@@ -4,18 +4,34 @@ Generative model (eq. 3-5):  c ~ Uniform(K),  z | c_k ~ N(mu_k, diag sigma_k^2),
 Inference model (eq. 6):     q(c|x) = Cat(pi(x)),  q(z|x,c) = N(m(h, c), diag s^2(h, c)),  h = e(x).
 Negative ELBO (eq. 7-9):
 
-    -E_q log p(x|z,c) + KL(q(c|x) || p(c)) + sum_k q(c_k|x) KL(q(z|x,c_k) || p(z|c_k)),
+    sum_k q(c_k|x) E_{q(z|x,c_k)}[-log p(x|z,c_k)] + KL(q(c|x) || p(c)) + sum_k q(c_k|x) KL(q(z|x,c_k) || p(z|c_k)),
 
-both KL terms in closed form. During training c is relaxed by Gumbel-softmax at temperature tau;
-in evaluation mode c is an exact one-hot draw from q(c|x), so the single-sample negative ELBO is
-an unbiased estimate of the true bound (the paper's Table 1 quantity).
+both KL terms in closed form. Variants (``ModelConfig`` keys, compared in docs/clustering.md):
+
+* ``category_estimator``: ``gumbel`` relaxes c by Gumbel-softmax at temperature tau (the paper,
+  eq. 11) and estimates the first term with one draw; ``exact`` sums it over the K categories
+  (one z draw and one decoder pass per category, no sampling of c): the same ELBO with a
+  lower-variance gradient for q(c|x).
+* ``decoder_sees_category``: p(x|z,c) = d([z; c]) (the paper's code) or p(x|z) = d(z) (GMVAE).
+* ``posterior_sees_category``: q(z|x,c) affine in [h; c], or q(z|x,c) = q(z|x) shared by every
+  category (the paper's eq. 6 writes m and s as functions of x and pi(x) only).
+* ``prior_init``: ``normal`` draws mu_k ~ N(0, 0.1^2 I); ``kmeans`` re-initialises the categories
+  after ``prior_init_epoch`` epochs from k-means on the posterior means (``initialise_categories``).
+* ``category_balance_weight``: during the first ``category_balance_epochs`` epochs only, a penalty
+  w * KL(mean_batch q(c|x) || Uniform(K)) against collapse onto few categories; it is never part
+  of the reported ELBO.
+
+In evaluation mode the ``gumbel`` estimator draws c exactly (one-hot) from q(c|x), so the
+single-sample negative ELBO is an unbiased estimate of the true bound (the paper's Table 1 quantity).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.cluster.vq import ClusterError, kmeans2
 from torch import nn
 
 from ..distributions import categorical_kl_uniform, gaussian_log_prob
@@ -24,12 +40,34 @@ from ..likelihoods import make_likelihood
 from ..priors import ConditionalGaussianPrior
 from .base import GenerativeModel, ModelConfig
 
+ESTIMATORS = ("gumbel", "exact")
+TEMPERATURE_SCHEDULES = ("exponential", "reference")
+PRIOR_INITS = ("normal", "kmeans")
+
+
+def best_kmeans(points: np.ndarray, k: int, restarts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, labels) of the run with the lowest mean squared distance to the assigned centroid
+    among ``restarts`` runs of scipy's ``kmeans2`` with k-means++ seeding."""
+    rng = np.random.default_rng(seed)
+    best, best_distortion = None, np.inf
+    for _ in range(restarts):
+        try:
+            centroids, labels = kmeans2(points, k, minit="++", seed=rng, missing="raise")
+        except ClusterError:  # a cluster lost all its points: this restart does not count
+            continue
+        distortion = ((points - centroids[labels]) ** 2).sum(1).mean()
+        if distortion < best_distortion:
+            best, best_distortion = (centroids, labels), distortion
+    if best is None:
+        raise ValueError(f"k-means left a cluster empty in all {restarts} restarts: fewer distinct points than K = {k}?")
+    return best
+
 
 class CategoryConditionedGaussian(nn.Module):
     """q(z|x,c): mean and log-variance are affine in [h; c], log-variance clipped to [-6, 2].
 
     Being affine in c, the parameters for all K one-hot categories cost one matrix product:
-    A h + b + W[:, k] for k = 1..K.
+    A h + b + W[:, k] for k = 1..K. With ``categories = 0`` the posterior ignores c: q(z|x,c) = q(z|x).
     """
 
     def __init__(self, hidden: int, categories: int, latent_dim: int) -> None:
@@ -38,10 +76,14 @@ class CategoryConditionedGaussian(nn.Module):
         self.linear = glorot_linear(hidden + categories, 2 * latent_dim)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parameters for category weights ``c`` (B, K); for every one-hot category (B, K, D) if c is None."""
+        """Parameters for category weights ``c`` (B, K) -> (B, D); for every one-hot category at once
+        if c is None -> (B, K, D), or (B, 1, D) when the posterior ignores c."""
         weight_h, weight_c = self.linear.weight[:, : self.hidden], self.linear.weight[:, self.hidden :]
         base = F.linear(h, weight_h, self.linear.bias)
-        params = base.unsqueeze(1) + weight_c.t() if c is None else base + c @ weight_c.t()
+        if weight_c.shape[1] == 0:
+            params = base.unsqueeze(1) if c is None else base
+        else:
+            params = base.unsqueeze(1) + weight_c.t() if c is None else base + c @ weight_c.t()
         mean, log_var = params.chunk(2, dim=-1)
         return mean, F.hardtanh(log_var, -6.0, 2.0)
 
@@ -51,30 +93,49 @@ class CPVAE(GenerativeModel):
 
     def __init__(self, config: ModelConfig, decoder: nn.Module | None = None) -> None:
         super().__init__()
+        for key, value, allowed in (
+            ("category_estimator", config.category_estimator, ESTIMATORS),
+            ("temperature_schedule", config.temperature_schedule, TEMPERATURE_SCHEDULES),
+            ("prior_init", config.prior_init, PRIOR_INITS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
         self.config = config
         categories, latent, hidden = config.categories, config.latent_dim, config.hidden
         self.encoder = gated_mlp(config.input_dim, hidden)
         # With K = 1 the category is certain: no logits to learn.
         self.category_logits = glorot_linear(hidden, categories) if categories > 1 else None
-        self.posterior = CategoryConditionedGaussian(hidden, categories, latent)
-        self.decoder = decoder or nn.Sequential(
-            gated_mlp(latent + categories, hidden), glorot_linear(hidden, config.input_dim)
+        self.posterior = CategoryConditionedGaussian(
+            hidden, categories if config.posterior_sees_category else 0, latent
         )
+        decoder_input = latent + (categories if config.decoder_sees_category else 0)
+        self.decoder = decoder or nn.Sequential(gated_mlp(decoder_input, hidden), glorot_linear(hidden, config.input_dim))
         self.prior = ConditionalGaussianPrior(categories, latent)
         self.likelihood = make_likelihood(config.likelihood, config.input_dim)
         self.register_buffer("aggregated_posterior", torch.full((categories,), 1.0 / categories))
         self.temperature = config.temperature_start
+        self.epoch = 0
 
     @property
     def categories(self) -> int:
         return self.config.categories
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
-        """Gumbel-softmax temperature: tau(epoch) = max(tau_min, tau_0 * (tau_min / tau_0)^(epoch / E)),
-        an exponential decay from tau_0 that reaches tau_min after E = ``temperature_epochs`` epochs."""
+        """Gumbel-softmax temperature for 0-based ``epoch`` e:
+
+        * ``exponential``: tau(e) = max(tau_min, tau_0 (tau_min / tau_0)^(e / E)), reaching tau_min
+          after E = ``temperature_epochs`` epochs;
+        * ``reference`` (the CP-VAE reference code, tau <- max(tau_min, tau exp(-3e-5 e)) once per
+          epoch): tau(e) = max(tau_min, tau_0 exp(-3e-5 e (e + 1) / 2)).
+        """
         c = self.config
-        progress = epoch / c.temperature_epochs if c.temperature_epochs > 0 else 1.0
-        self.temperature = max(c.temperature_min, c.temperature_start * (c.temperature_min / c.temperature_start) ** progress)
+        self.epoch = epoch
+        if c.temperature_schedule == "reference":
+            decayed = c.temperature_start * math.exp(-3e-5 * epoch * (epoch + 1) / 2)
+        else:
+            progress = epoch / c.temperature_epochs if c.temperature_epochs > 0 else 1.0
+            decayed = c.temperature_start * (c.temperature_min / c.temperature_start) ** progress
+        self.temperature = max(c.temperature_min, decayed)
         return {"temperature": self.temperature}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,17 +147,41 @@ class CPVAE(GenerativeModel):
 
     def decode(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Decoder output (likelihood parameters) for latent z and category weights c."""
-        return self.decoder(torch.cat([z, c], dim=-1))
+        return self.decoder(torch.cat([z, c], dim=-1) if self.config.decoder_sees_category else z)
 
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, log_pi = self.encode(x)
-        c = F.gumbel_softmax(log_pi, tau=self.temperature, hard=not self.training)
-        mean, log_var = self.posterior(h, c)
-        z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-        reconstruction = -self.likelihood.log_prob(x, self.decode(z, c))
-        mean_k, log_var_k = self.posterior(h)
-        kl_z = (log_pi.exp() * self.prior.kl(mean_k, log_var_k)).sum(-1)
-        return {"reconstruction": reconstruction, "kl_c": categorical_kl_uniform(log_pi), "kl_z": kl_z}
+        pi = log_pi.exp()
+        mean_k, log_var_k = self.posterior(h)  # (B, K, D), or (B, 1, D) if q(z|x,c) = q(z|x)
+        if self.config.category_estimator == "exact":
+            reconstruction = self._expected_reconstruction(x, pi, mean_k, log_var_k)
+        else:
+            c = F.gumbel_softmax(log_pi, tau=self.temperature, hard=not self.training)
+            mean, log_var = self.posterior(h, c)
+            z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+            reconstruction = -self.likelihood.log_prob(x, self.decode(z, c))
+        terms = {
+            "reconstruction": reconstruction,
+            "kl_c": categorical_kl_uniform(log_pi),
+            "kl_z": (pi * self.prior.kl(mean_k, log_var_k)).sum(-1),
+        }
+        if self.training and self.config.category_balance_weight > 0 and self.epoch < self.config.category_balance_epochs:
+            penalty = categorical_kl_uniform(pi.mean(0).log()) * self.config.category_balance_weight
+            terms["penalty_category_balance"] = penalty.expand(x.shape[0])
+        return terms
+
+    def _expected_reconstruction(
+        self, x: torch.Tensor, pi: torch.Tensor, mean_k: torch.Tensor, log_var_k: torch.Tensor
+    ) -> torch.Tensor:
+        """sum_k q(c_k|x) [-log p(x|z_k, c_k)], z_k ~ q(z|x,c_k): exact in c, one z draw per category.
+
+        The decoder runs once per category unless neither it nor the posterior depends on c."""
+        z = mean_k + torch.exp(0.5 * log_var_k) * torch.randn_like(mean_k)
+        if self.config.decoder_sees_category:
+            z = z.expand(-1, self.categories, -1)
+        one_hot = torch.eye(self.categories, device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
+        negative_log_px = -self.likelihood.log_prob(x.unsqueeze(1), self.decode(z, one_hot))
+        return (pi * negative_log_px).sum(-1) if negative_log_px.shape[1] > 1 else negative_log_px[:, 0]
 
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Stratified importance sampling over the categories, summed exactly over c:
@@ -109,12 +194,64 @@ class CPVAE(GenerativeModel):
         """
         per_category = math.ceil(num_samples / self.categories)
         h, _ = self.encode(x)
-        mean_k, log_var_k = self.posterior(h)  # (B, K, D)
+        mean_k, log_var_k = (t.expand(-1, self.categories, -1) for t in self.posterior(h))  # (B, K, D)
         z = mean_k + torch.exp(0.5 * log_var_k) * torch.randn(per_category, *mean_k.shape, device=x.device)
         one_hot = torch.eye(self.categories, device=x.device).expand(*z.shape[:-1], self.categories)
         log_px = self.likelihood.log_prob(x.unsqueeze(1), self.decode(z, one_hot))
         log_w = log_px + self.prior.log_prob(z) - gaussian_log_prob(z, mean_k, log_var_k)  # (s, B, K)
         return log_w.permute(1, 0, 2).reshape(x.shape[0], -1)
+
+    def end_epoch(self, epoch: int, train_x: torch.Tensor) -> dict[str, float]:
+        """After epoch ``prior_init_epoch``, with ``prior_init = kmeans``: ``initialise_categories``."""
+        if self.config.prior_init == "kmeans" and epoch == self.config.prior_init_epoch and self.categories > 1:
+            return self.initialise_categories(train_x)
+        return {}
+
+    def initialise_categories(
+        self, x: torch.Tensor, fit_steps: int = 500, restarts: int = 10, seed: int = 0
+    ) -> dict[str, float]:
+        """Data-dependent restart of the categories (VaDE's route, Jiang et al. 2017):
+
+        1. k-means with K clusters on the posterior means m(x) = sum_k q(c_k|x) m(h(x), c_k) of the
+           data ``x`` (``best_kmeans``: the lowest distortion of ``restarts`` k-means++ runs);
+        2. p(z|c_k) = N(centroid_k, diag(within-cluster variance_k + mean posterior variance));
+        3. q(c|x): the category head alone is fitted to the k-means labels by ``fit_steps`` Adam
+           steps of cross-entropy on the frozen encoder features.
+
+        Returns the share of data in the largest cluster and the head's agreement with k-means."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            features, means, variances = [], [], []
+            for batch in x.split(1000):
+                h, log_pi = self.encode(batch)
+                mean_k, log_var_k = self.posterior(h)
+                weights = log_pi.exp().unsqueeze(-1)
+                features.append(h)
+                means.append((weights * mean_k).sum(1))
+                variances.append((weights * log_var_k.exp()).sum(1))
+            h, means, posterior_variance = torch.cat(features), torch.cat(means), torch.cat(variances).mean(0)
+        centroids, labels = best_kmeans(means.double().cpu().numpy(), self.categories, restarts, seed)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            self.prior.mean.copy_(torch.as_tensor(centroids, dtype=means.dtype))
+            for k in range(self.categories):
+                members = means[labels == k]
+                spread = members.var(0, unbiased=False) if members.shape[0] > 1 else torch.zeros_like(posterior_variance)
+                self.prior.log_std[k].copy_(0.5 * (spread + posterior_variance).clamp_min(1e-4).log())
+        optimizer = torch.optim.Adam(self.category_logits.parameters(), lr=1e-2)
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        for _ in range(fit_steps):
+            index = torch.randint(0, h.shape[0], (1000,), device=x.device, generator=generator)
+            loss = F.cross_entropy(self.category_logits(h[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            agreement = float((self.category_logits(h).argmax(-1) == labels).float().mean())
+        self.train(was_training)
+        largest = float(torch.bincount(labels, minlength=self.categories).max()) / labels.shape[0]
+        return {"init/largest_cluster_share": largest, "init/head_agreement": agreement}
 
     @torch.no_grad()
     def fit_generation(self, x: torch.Tensor, batch_size: int = 1000) -> None:

@@ -1,0 +1,140 @@
+"""The CP-VAE clustering ablation of docs/clustering.md: every variant config, one run each per seed.
+
+    python benchmarks/clustering_ablation.py --out ~/runs/clustering --seeds 0 --data-root ../shared/datasets
+    python benchmarks/clustering_ablation.py --out ~/runs/clustering --report-only
+
+Each variant is a config file (default: configs/clustering/*.yaml); a cell is
+``cl-replay pretrain --config VARIANT.yaml --seed S --out OUT/VARIANT-sS``. Finished cells
+(``metrics.json`` present) are skipped and interrupted ones continue with ``--resume``, so the
+command can be run again until everything is done. ``--jobs`` cells run side by side, one torch
+thread each. The report (markdown on stdout and ``OUT/ablation.md``, validation clustering curves in
+``OUT/ablation_curves.png``) lists per variant: the epochs run, Hungarian cluster accuracy of
+argmax q(c|x) on the test set, categories in use (q(c_k) > 0.001), the test negative ELBO and the
+seconds per epoch (on whatever machine ran it), as mean ± std over the finished seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cell(config: Path, seed: int, out: Path, data_root: str | None) -> str:
+    """Run (or continue) one variant with one seed; returns a one-line status."""
+    run_dir = out / f"{config.stem}-s{seed}"
+    if (run_dir / "metrics.json").is_file():
+        return f"{run_dir.name}: done before"
+    command = ["cl-replay", "pretrain"]
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        command += ["--resume", str(run_dir)]
+    else:
+        command += ["--config", str(config), "--seed", str(seed), "--out", str(run_dir)]
+    if data_root:
+        command += ["--data-root", data_root]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(out / f"{run_dir.name}.log", "a") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return f"{run_dir.name}: {'finished' if code == 0 else f'failed (exit {code}, see {log.name})'}"
+
+
+def summary(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(epoch, validation cluster accuracy) from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "val/cluster_accuracy" not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars("val/cluster_accuracy")]
+
+
+def report(configs: list[Path], seeds: list[int], out: Path) -> str:
+    rows = [
+        "| variant | changed keys | epochs | seeds | cluster accuracy (%) | categories in use | test neg. ELBO | s / epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    curves = {}
+    for config in configs:
+        keys = yaml.safe_load(config.read_text())
+        runs = [out / f"{config.stem}-s{s}" for s in seeds if (out / f"{config.stem}-s{s}" / "metrics.json").is_file()]
+        metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+        changed = ", ".join(f"{k}={v}" for k, v in keys.items() if k in VARIANT_KEYS) or "paper defaults"
+        epochs = sorted({m["epochs_trained"] for m in metrics})
+        rows.append(
+            f"| {config.stem} | {changed} | {'/'.join(map(str, epochs)) or keys.get('epochs')} "
+            f"| {len(metrics)} | {summary([m['cluster_accuracy'] for m in metrics], 100)} "
+            f"| {summary([m['categories_in_use'] for m in metrics])} "
+            f"| {summary([m['test_neg_elbo'] for m in metrics], digits=2)} "
+            f"| {summary([m['seconds_per_epoch'] for m in metrics])} |"
+        )
+        if runs:
+            curves[config.stem] = validation_curve(runs[0])
+    plot_curves(curves, out / "ablation_curves.png")
+    table = "\n".join(rows)
+    (out / "ablation.md").write_text(table + "\n")
+    return table
+
+
+VARIANT_KEYS = (
+    "category_estimator", "decoder_sees_category", "posterior_sees_category", "temperature_schedule",
+    "prior_init", "prior_init_epoch", "category_balance_weight", "category_balance_epochs",
+)
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    for name, curve in curves.items():
+        if curve:
+            epochs, accuracy = zip(*curve)
+            axes.plot(epochs, [100 * a for a in accuracy], label=name)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation cluster accuracy (%)")
+    axes.set_title("CP-VAE on MNIST, K = 10 (first seed of each variant)")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="Folder for the run folders and the report.")
+    parser.add_argument("--configs", type=Path, nargs="*", help="Variant configs (default: configs/clustering/*.yaml).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--jobs", type=int, default=2, help="Cells run side by side (default 2).")
+    parser.add_argument("--data-root")
+    parser.add_argument("--report-only", action="store_true", help="Only write the report of finished cells.")
+    args = parser.parse_args()
+    configs = args.configs or sorted((ROOT / "configs" / "clustering").glob("*.yaml"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        cells = [(config, seed) for seed in args.seeds for config in configs]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for status in pool.map(lambda cell: run_cell(*cell, args.out, args.data_root), cells):
+                print(status, flush=True)
+    print(report(configs, args.seeds, args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

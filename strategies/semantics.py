@@ -1,0 +1,111 @@
+"""What a categorical generator's categories mean to the classifier that labels their replay.
+
+After an experience, the classifier that will label the next experience's replay (the one frozen
+at its end) classifies ``per_category`` samples x ~ p(x|c_k) of every category k in use
+(q(c_k) > ``threshold``). For each such category: its share q(c_k), its majority class and its
+purity (the share of its samples that get the majority class). The replay's class histogram
+follows exactly, since replay draws categories in proportion to q(c):
+
+    P(class y in replay) = sum_k q(c_k) P(y | c_k) / sum_k q(c_k)     (k in use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .generator_core import GeneratorCore
+
+__all__ = ["CategorySemantics", "category_semantics", "class_histogram_figure", "save_labelled_rows"]
+
+
+@dataclass
+class CategorySemantics:
+    """``report`` is JSON-ready (``categories``, ``replay_class_histogram``, ``mean_purity``,
+    ``categories_in_use``); ``rows`` holds the first samples of each category in use, (n_used, m, D),
+    in the order of ``report['categories']`` (most probable first)."""
+
+    report: dict
+    rows: torch.Tensor
+
+
+@torch.no_grad()
+def category_semantics(
+    generator: GeneratorCore,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    class_names: list[str],
+    per_category: int = 200,
+    per_row: int = 10,
+    threshold: float = 1e-3,
+) -> CategorySemantics | None:
+    """The class mix of every category in use under ``predict`` (None for a generator without categories)."""
+    if not generator.categorical:
+        return None
+    q = generator.q_c.detach().cpu().double()
+    used = [int(k) for k in torch.argsort(q, descending=True) if q[k] > threshold]
+    counts = torch.zeros(q.shape[0], dtype=torch.long)
+    counts[used] = per_category
+    x, c = generator.sample_counts(counts)
+    labels = predict(x).cpu()
+    c = c.cpu()
+    mix = torch.zeros(q.shape[0], len(class_names), dtype=torch.float64)
+    mix.index_put_((c, labels), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    mix /= per_category
+    shares = q[used] / q[used].sum()
+    histogram = (shares[:, None] * mix[used]).sum(0)
+    categories = []
+    for k in used:
+        majority = int(mix[k].argmax())
+        categories.append({"category": k, "share": float(q[k]), "majority_class": class_names[majority],
+                           "purity": float(mix[k, majority])})
+    report = {
+        "categories_in_use": len(used),
+        "categories": categories,
+        "mean_purity": float(sum(s * cat["purity"] for s, cat in zip(shares.tolist(), categories))),
+        "replay_class_histogram": {name: float(p) for name, p in zip(class_names, histogram)},
+        "samples_per_category": per_category,
+    }
+    by_category = x.view(-1, per_category, x.shape[-1]) if used else x.new_zeros(0, per_category, x.shape[-1])
+    order = {k: i for i, k in enumerate(sorted(used))}  # sample_counts groups categories in index order
+    rows = torch.stack([by_category[order[k], :per_row] for k in used]) if used else by_category[:, :per_row]
+    return CategorySemantics(report, rows.cpu())
+
+
+def save_labelled_rows(semantics: CategorySemantics, image_shape: tuple[int, ...], path: Path, title: str,
+                       max_rows: int = 20):
+    """A PNG with one row of samples per category in use (most probable first), each labelled with
+    the category, its share of q(c), its majority class and purity. Returns the matplotlib figure."""
+    from matplotlib.figure import Figure
+    from torchvision.utils import make_grid
+
+    categories = semantics.report["categories"][:max_rows]
+    figure = Figure(figsize=(8, 0.8 * len(categories) + 0.6))
+    axes = figure.subplots(len(categories), 1, squeeze=False)[:, 0]
+    for axis, row, info in zip(axes, semantics.rows, categories):
+        grid = make_grid(row.float().clamp(0, 1).view(-1, *image_shape), nrow=row.shape[0], padding=2, pad_value=0.5)
+        axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        label = f"c{info['category']}  q={info['share']:.2f}\n-> {info['majority_class']} ({100 * info['purity']:.0f}%)"
+        axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return figure
+
+
+def class_histogram_figure(semantics: CategorySemantics, title: str):
+    """A bar chart of the replay's class histogram (``report['replay_class_histogram']``)."""
+    from matplotlib.figure import Figure
+
+    histogram = semantics.report["replay_class_histogram"]
+    figure = Figure(figsize=(max(4, 0.3 * len(histogram) + 1), 3))
+    axis = figure.subplots()
+    axis.bar(range(len(histogram)), [100 * v for v in histogram.values()])
+    axis.set_xticks(range(len(histogram)), list(histogram), fontsize=7, rotation=90 if len(histogram) > 20 else 0)
+    axis.set_ylabel("% of replay")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,212 @@
+"""CP-VAE variants (exact sum over c, decoder / posterior without c, k-means initialisation,
+temperature schedules, the category-balance penalty): each checked against the definitions of the
+ELBO terms computed independently with torch.distributions."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_divergence
+
+from cl_replay.evaluation import cluster_accuracy, elbo_terms
+from cl_replay.models import CPVAE, ModelConfig
+
+VARIANTS = {
+    "gumbel": {},
+    "exact": dict(category_estimator="exact"),
+    "exact_decoder_z": dict(category_estimator="exact", decoder_sees_category=False),
+    "exact_shared_posterior": dict(category_estimator="exact", decoder_sees_category=False, posterior_sees_category=False),
+    "exact_shared_posterior_decoder_c": dict(category_estimator="exact", posterior_sees_category=False),
+    "gumbel_shared_posterior": dict(posterior_sees_category=False),
+}
+
+
+def small_cpvae(**overrides) -> CPVAE:
+    options = dict(input_dim=12, latent_dim=3, hidden=16, categories=4) | overrides
+    return CPVAE(ModelConfig(**options))
+
+
+def diag_normal(mean, log_var):
+    return Independent(Normal(mean, torch.exp(0.5 * log_var)), 1)
+
+
+@torch.no_grad()
+def reference_reconstruction(model: CPVAE, x: torch.Tensor, draws: int) -> torch.Tensor:
+    """sum_k q(c_k|x) E_{q(z|x,c_k)}[-log p(x|z,c_k)] by Monte Carlo over z for every category,
+    built from torch.distributions and the model's networks only."""
+    h = model.encoder(x)
+    pi = Categorical(logits=model.category_logits(h)).probs
+    total = torch.zeros(x.shape[0])
+    for k in range(model.categories):
+        one_hot = F.one_hot(torch.full((x.shape[0],), k), model.categories).float()
+        mean, log_var = model.posterior(h, one_hot)
+        z = diag_normal(mean, log_var).sample((draws,))
+        decoder_input = torch.cat([z, one_hot.expand(draws, -1, -1)], -1) if model.config.decoder_sees_category else z
+        expected = -Bernoulli(logits=model.decoder(decoder_input)).log_prob(x).sum(-1).mean(0)
+        total += pi[:, k] * expected
+    return total
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_estimates_the_same_reconstruction_term(variant):
+    """The exact sum over c and the (evaluation-mode) Gumbel draw are both unbiased for
+    sum_k q(c_k|x) E_q(z|x,c_k)[-log p(x|z,c_k)]."""
+    torch.manual_seed(0)
+    model = small_cpvae(**VARIANTS[variant]).eval()
+    x = torch.rand(3, 12).bernoulli()
+    ours = model.elbo_terms(x.repeat(3000, 1))["reconstruction"].view(3000, 3).mean(0)
+    torch.testing.assert_close(ours, reference_reconstruction(model, x, 20000), rtol=0.01, atol=0.1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kl_terms_of_every_variant_match_torch_distributions(variant):
+    model = small_cpvae(**VARIANTS[variant])
+    x = torch.rand(5, 12).bernoulli()
+    terms = model.elbo_terms(x)
+    h, log_pi = model.encode(x)
+    q_c = Categorical(logits=log_pi)
+    torch.testing.assert_close(terms["kl_c"], kl_divergence(q_c, Categorical(probs=torch.full((4,), 0.25))))
+    expected_kl_z = torch.zeros(5)
+    for k in range(4):
+        mean, log_var = model.posterior(h, F.one_hot(torch.full((5,), k), 4).float())
+        prior = diag_normal(model.prior.mean[k], 2 * model.prior.log_std[k])
+        expected_kl_z += q_c.probs[:, k] * kl_divergence(diag_normal(mean, log_var), prior)
+    torch.testing.assert_close(terms["kl_z"], expected_kl_z)
+
+
+def test_exact_sum_equals_enumeration_with_the_same_noise():
+    """With z noise fixed, the exact estimator is literally sum_k pi_k * (-log p(x|z_k, c_k))."""
+    model = small_cpvae(category_estimator="exact")
+    x = torch.rand(4, 12).bernoulli()
+    torch.manual_seed(3)
+    ours = model.elbo_terms(x)["reconstruction"]
+    torch.manual_seed(3)
+    h, log_pi = model.encode(x)
+    mean_k, log_var_k = model.posterior(h)
+    z = mean_k + torch.exp(0.5 * log_var_k) * torch.randn_like(mean_k)
+    enumerated = torch.zeros(4)
+    for k in range(4):
+        one_hot = F.one_hot(torch.full((4,), k), 4).float()
+        logits = model.decoder(torch.cat([z[:, k], one_hot], -1))
+        enumerated += log_pi[:, k].exp() * -Bernoulli(logits=logits).log_prob(x).sum(-1)
+    torch.testing.assert_close(ours, enumerated)
+
+
+def test_exact_estimator_has_lower_variance_than_gumbel():
+    torch.manual_seed(1)
+    gumbel = small_cpvae().eval()
+    exact = small_cpvae(category_estimator="exact").eval()
+    exact.load_state_dict(gumbel.state_dict())
+    x = torch.rand(1, 12).bernoulli()
+    draws = lambda m: m.elbo_terms(x.expand(2000, -1))["reconstruction"]
+    assert draws(exact).var() < draws(gumbel).var()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_parameter_of_every_variant_gets_a_gradient(variant):
+    model = small_cpvae(**VARIANTS[variant])
+    loss, _ = model.loss(torch.rand(64, 12).bernoulli(), beta=1.0)
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert (model.prior.mean.grad.abs().sum(1) > 0).all()
+    assert (model.prior.log_std.grad.abs().sum(1) > 0).all()
+
+
+def test_reference_temperature_schedule_follows_the_per_epoch_recursion():
+    model = small_cpvae(temperature_schedule="reference", temperature_start=1.0, temperature_min=0.5)
+    tau = 1.0
+    for epoch in range(1, 400):
+        tau = max(0.5, tau * math.exp(-3e-5 * epoch))
+        assert model.start_epoch(epoch)["temperature"] == pytest.approx(tau)
+    assert model.start_epoch(0)["temperature"] == 1.0
+
+
+def test_unknown_variant_names_are_refused():
+    for key in ("category_estimator", "temperature_schedule", "prior_init"):
+        with pytest.raises(ValueError, match=key):
+            small_cpvae(**{key: "nosuch"})
+
+
+def test_category_balance_penalty_is_trained_but_never_reported_as_elbo():
+    model = small_cpvae(category_balance_weight=5.0, category_balance_epochs=2)
+    x = torch.rand(32, 12).bernoulli()
+    model.start_epoch(0)
+    torch.manual_seed(0)
+    loss, logged = model.loss(x)
+    pi_bar = model.encode(x)[1].exp().mean(0)
+    expected_penalty = 5.0 * kl_divergence(Categorical(probs=pi_bar), Categorical(probs=torch.full((4,), 0.25)))
+    torch.testing.assert_close(logged["penalty_category_balance"], expected_penalty)
+    torch.manual_seed(0)
+    terms = model.elbo_terms(x)
+    assert float(logged["neg_elbo"]) == pytest.approx(float((terms["reconstruction"] + terms["kl_c"] + terms["kl_z"]).mean()))
+    torch.testing.assert_close(loss, logged["neg_elbo"] + expected_penalty)
+    model.start_epoch(2)
+    assert "penalty_category_balance" not in model.elbo_terms(x)
+    assert "penalty_category_balance" not in model.eval().elbo_terms(x)
+
+
+def separated_clusters(n_per: int = 300, clusters: int = 4, dim: int = 64, flip: float = 0.05, seed: int = 0):
+    """Binary data from ``clusters`` random prototypes with ``flip`` of the bits flipped."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(clusters, dim, generator=generator).round()
+    labels = torch.arange(clusters).repeat_interleave(n_per)
+    noise = torch.rand(len(labels), dim, generator=generator) < flip
+    return (prototypes[labels] + noise.float()) % 2, labels
+
+
+def test_kmeans_initialisation_puts_one_category_on_each_cluster():
+    torch.manual_seed(0)
+    x, labels = separated_clusters()
+    model = small_cpvae(input_dim=64, latent_dim=8, hidden=32, categories=4)
+    with torch.no_grad():
+        h, log_pi = model.encode(x)
+        means = (log_pi.exp().unsqueeze(-1) * model.posterior(h)[0]).sum(1)
+    report = model.initialise_categories(x)
+    assert report["init/head_agreement"] > 0.98
+    categories = model.categorize(x)
+    accuracy, _ = cluster_accuracy(categories.numpy(), labels.numpy())
+    assert accuracy > 0.98  # even an untrained encoder separates prototypes this far apart
+    for k in range(4):  # each prior mean is the centroid of the posterior means of its cluster
+        torch.testing.assert_close(model.prior.mean[k], means[categories == k].mean(0), atol=0.05, rtol=0)
+
+
+def test_kmeans_initialisation_runs_once_at_its_epoch():
+    model = small_cpvae(prior_init="kmeans", prior_init_epoch=2)
+    x, _ = separated_clusters(n_per=50, dim=12)
+    before = model.prior.mean.detach().clone()
+    assert model.end_epoch(1, x) == {}
+    torch.testing.assert_close(model.prior.mean, before)
+    assert "init/head_agreement" in model.end_epoch(2, x)
+    assert not torch.allclose(model.prior.mean, before)
+    assert model.end_epoch(3, x) == {}
+
+
+@torch.no_grad()
+def test_evaluation_of_a_shared_posterior_variant_is_a_bound():
+    from cl_replay.evaluation import log_likelihood
+
+    model = small_cpvae(**VARIANTS["exact_shared_posterior"]).eval()
+    x = torch.rand(100, 12).bernoulli()
+    assert float(-log_likelihood(model, x, num_samples=400).mean()) <= elbo_terms(model, x)["neg_elbo"]
+
+
+def test_default_recipe_finds_the_modes_of_a_synthetic_mixture(tmp_path):
+    """The default CP-VAE recipe (``ModelConfig`` defaults: Gumbel-softmax, k-means restart of the
+    categories after ``prior_init_epoch`` epochs) trained by the real trainer puts each of six
+    well-separated clusters into its own category."""
+    from cl_replay.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    x, labels = separated_clusters(n_per=400, clusters=6, dim=64, flip=0.1, seed=1)
+    permutation = torch.randperm(len(labels))
+    x, labels = x[permutation], labels[permutation]
+    defaults = ModelConfig()
+    assert (defaults.category_estimator, defaults.prior_init) == ("gumbel", "kmeans")
+    config = ModelConfig(input_dim=64, latent_dim=8, hidden=64, categories=6)
+    model = CPVAE(config)
+    trainer = Trainer(model, TrainConfig(epochs=config.prior_init_epoch + 3, warmup=5, batch_size=100, is_samples=0),
+                      tmp_path, x[:2000], x[2000:], binarize_batches=False, image_shape=None, val_y=labels[2000:])
+    trainer.fit()
+    accuracy, _ = cluster_accuracy(model.categorize(x[2000:]).numpy(), labels[2000:].numpy())
+    assert accuracy >= 0.95
