@@ -52,11 +52,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import stat
 import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
+from .checks import DATASETS
+from .checks import is_writable as _is_writable
+
 __all__ = [
     "DATASETS",
     "DataSplits",
@@ -73,12 +76,11 @@ __all__ = [
     "Split",
     "binarize",
     "cache_dir",
+    "dataset_status",
+    "download_dataset",
     "load_dataset",
     "resolve_data_root",
 ]
-
-DATASETS = ("mnist", "fashion_mnist", "omniglot")
-"""Names accepted by :func:`load_dataset`."""
 
 IMAGE_SIZE = 28
 """Side of the square images every dataset is delivered at."""
@@ -228,17 +230,23 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-def _is_writable(path: Path) -> bool:
-    """Whether files may be created under ``path`` (or where it would be created).
-
-    A directory without any write permission bit counts as read-only even for a
-    superuser, who could otherwise write anywhere.
-    """
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    mode = existing.stat().st_mode
-    return os.access(existing, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+def _download(fetch: Callable[[], None], root: Path, folders: list[Path], allowed: bool,
+              missing_error: Callable[[str], DatasetError]) -> None:
+    """Run ``fetch`` (a torchvision download into ``root``, with its progress bar) if ``allowed`` and
+    the root is writable, else raise ``missing_error(reason)``. A failed download leaves behind no
+    folder it created empty (``folders``, deepest first, then ``root`` and its new parents)."""
+    if not allowed:
+        raise missing_error("downloading is off: --no-download, or download: false in the config")
+    if not _is_writable(root):
+        raise missing_error("the root is read-only, so no download was tried")
+    new_folders = [d for d in [*folders, root, *root.parents] if not d.exists()]
+    try:
+        fetch()
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
+        for d in new_folders:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise missing_error(f"a download was tried and failed: {' '.join(str(e).split())}") from e
 
 
 _POINT_AT_DATA = "point --data-root (data_root=...) or CL_REPLAY_DATA at a folder that has them."
@@ -339,16 +347,13 @@ def _ensure_idx_files(spec: _IdxDataset, root: Path, download: bool) -> None:
     """Make sure the four IDX files exist, downloading them with torchvision if allowed."""
     if all(f.is_file() for f in spec.files(root)):
         return
-    if not download:
-        raise _missing_idx_error(spec, root, "download=False")
-    if not _is_writable(root):
-        raise _missing_idx_error(spec, root, "the root is read-only, so nothing was downloaded")
-    try:
-        getattr(torchvision.datasets, spec.folder)(root=str(root), train=True, download=True)
-    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
-        raise _missing_idx_error(spec, root, f"download failed: {e}") from e
+    _download(
+        lambda: getattr(torchvision.datasets, spec.folder)(root=str(root), train=True, download=True),
+        root, [spec.raw_dir(root), root / spec.folder], download,
+        lambda reason: _missing_idx_error(spec, root, reason),
+    )
     if not all(f.is_file() for f in spec.files(root)):
-        raise _missing_idx_error(spec, root, "the download did not produce them")
+        raise _missing_idx_error(spec, root, "a download ran but did not produce them")
 
 
 def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[Split, Split, Split]:
@@ -404,18 +409,14 @@ def _ensure_omniglot_tree(root: Path, download: bool) -> None:
     missing = [d for d in _omniglot_set_dirs(root) if not d.is_dir()]
     if not missing:
         return
-    if not download:
-        raise _missing_omniglot_error(root, "download=False")
-    if not _is_writable(root):
-        raise _missing_omniglot_error(root, "the root is read-only, so nothing was downloaded")
-    try:
+
+    def fetch() -> None:
         for d in missing:
-            background = d.name == _OMNIGLOT_SETS[0]
-            torchvision.datasets.Omniglot(root=str(root), background=background, download=True)
-    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
-        raise _missing_omniglot_error(root, f"download failed: {e}") from e
+            torchvision.datasets.Omniglot(root=str(root), background=d.name == _OMNIGLOT_SETS[0], download=True)
+
+    _download(fetch, root, [root / "omniglot-py"], download, lambda reason: _missing_omniglot_error(root, reason))
     if any(not d.is_dir() for d in missing):
-        raise _missing_omniglot_error(root, "the download did not produce them")
+        raise _missing_omniglot_error(root, "a download ran but did not produce them")
 
 
 def _omniglot_characters(root: Path) -> list[tuple[str, Path]]:
@@ -652,3 +653,42 @@ def load_dataset(
         class_names=class_names,
         group_names=group_names,
     )
+
+
+# --------------------------------------------------------------------------- availability
+
+OMNIGLOT_IMAGES = 32460
+"""Drawings in torchvision's two Omniglot folders together."""
+
+
+def dataset_status(name: str, data_root: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """``(state, detail)`` of dataset ``name`` under the data root: ``present`` (the files are
+    readable: IDX headers and sizes check out; Omniglot holds all its drawings), ``missing`` (the
+    detail lists what is absent) or ``corrupt`` (the detail says what is wrong)."""
+    root = resolve_data_root(data_root)
+    if name == "omniglot":
+        absent = [d for d in _omniglot_set_dirs(root) if not d.is_dir()]
+        if absent:
+            return "missing", ", ".join(map(str, absent))
+        drawings = sum(1 for d in _omniglot_set_dirs(root) for _ in d.glob("*/*/*.png"))
+        if drawings != OMNIGLOT_IMAGES:
+            return "corrupt", f"{drawings} drawings under {root / 'omniglot-py'}, expected {OMNIGLOT_IMAGES}"
+        return "present", f"{drawings} drawings under {root / 'omniglot-py'}"
+    spec = _IDX_DATASETS[name]
+    absent = [f for f in spec.files(root) if not f.is_file()]
+    if absent:
+        return "missing", ", ".join(map(str, absent))
+    try:
+        sizes = {part: len(_read_idx_pair(spec.raw_dir(root), part)[1]) for part in _IDX_FILES}
+    except DatasetError as error:
+        return "corrupt", str(error)
+    return "present", f"{sizes['train']} training and {sizes['test']} test images in {spec.raw_dir(root)}"
+
+
+def download_dataset(name: str, data_root: str | os.PathLike[str] | None = None) -> None:
+    """Fetch dataset ``name`` into the data root with torchvision if it is missing there."""
+    root = resolve_data_root(data_root)
+    if name == "omniglot":
+        _ensure_omniglot_tree(root, download=True)
+    else:
+        _ensure_idx_files(_IDX_DATASETS[name], root, download=True)
