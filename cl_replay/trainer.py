@@ -149,6 +149,10 @@ class Trainer:
         return {**means, "beta": beta, "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": skipped,
                 **schedule}
 
+    def training_inputs(self) -> torch.Tensor:
+        """The whole training set as the model sees it (binarised afresh when batches are)."""
+        return binarize(self.train_x) if self.binarize_batches else self.train_x
+
     def fit(self) -> None:
         """Train until ``epochs`` or early stopping; Ctrl-C saves ``last.pt`` and re-raises."""
         config = self.config
@@ -157,8 +161,7 @@ class Trainer:
             for epoch in epochs:
                 started = time.perf_counter()
                 train = self.train_epoch(epoch)
-                train_x = binarize(self.train_x) if self.binarize_batches else self.train_x
-                train |= self.model.end_epoch(epoch, train_x)
+                train |= self.model.end_epoch(epoch, self.training_inputs)
                 self.train_seconds += time.perf_counter() - started
                 val = evaluation.elbo_terms(self.model, self.val_x)
                 self.model.fit_generation(self.val_x)

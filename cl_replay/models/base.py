@@ -5,6 +5,8 @@ by the warm-up beta, so it never needs to know what is inside a model.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -39,9 +41,10 @@ class GenerativeModel(nn.Module):
         """Advance the model's own annealing schedules (if any); returns their values for logging."""
         return {}
 
-    def end_epoch(self, epoch: int, train_x: torch.Tensor) -> dict[str, float]:
+    def end_epoch(self, epoch: int, training_inputs: Callable[[], torch.Tensor]) -> dict[str, float]:
         """Data-dependent steps a model takes after (1-based) ``epoch``, e.g. the CP-VAE's k-means
-        initialisation of its categories; returns values for logging. A no-op by default."""
+        initialisation of its categories, with ``training_inputs()`` giving the training set as
+        the model sees it (called only when needed); returns values for logging. A no-op by default."""
         return {}
 
     def fit_generation(self, x: torch.Tensor) -> None:

@@ -27,6 +27,7 @@ single-sample negative ELBO is an unbiased estimate of the true bound (the paper
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -201,10 +202,10 @@ class CPVAE(GenerativeModel):
         log_w = log_px + self.prior.log_prob(z) - gaussian_log_prob(z, mean_k, log_var_k)  # (s, B, K)
         return log_w.permute(1, 0, 2).reshape(x.shape[0], -1)
 
-    def end_epoch(self, epoch: int, train_x: torch.Tensor) -> dict[str, float]:
+    def end_epoch(self, epoch: int, training_inputs: Callable[[], torch.Tensor]) -> dict[str, float]:
         """After epoch ``prior_init_epoch``, with ``prior_init = kmeans``: ``initialise_categories``."""
         if self.config.prior_init == "kmeans" and epoch == self.config.prior_init_epoch and self.categories > 1:
-            return self.initialise_categories(train_x)
+            return self.initialise_categories(training_inputs())
         return {}
 
     def initialise_categories(
