@@ -7,7 +7,10 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["cl_replay", "cl_replay.*", "strategies", "strategies.*"]),
+    packages=find_packages(include=["cl_replay", "cl_replay.*", "strategies", "strategies.*"]) + ["cl_replay.configs"],
+    # The YAML configs live in the top-level configs/ folder and install as the package cl_replay.configs.
+    package_dir={"cl_replay.configs": "configs"},
+    package_data={"cl_replay.configs": ["*/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.16",
@@ -21,6 +24,7 @@ setup(
         "matplotlib",
         "pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    # Ray runs `cl-replay sweep`; the tests exercise it, so the test extra installs it too.
+    extras_require={"sweep": ["ray>=2.9"], "test": ["pytest", "ray>=2.9"]},
     entry_points={"console_scripts": ["cl-replay=cl_replay.cli:main"]},
 )

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 T = TypeVar("T")
 
@@ -19,9 +23,24 @@ class ConfigError(ValueError):
     """A config file or flag that cannot be used as given."""
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def packaged_config(relative: str) -> Traversable:
+    """A YAML config shipped with cl-replay, e.g. ``cl/split_mnist.yaml``: read from the installed
+    package ``cl_replay.configs``, which is the checkout's top-level ``configs/`` folder."""
+    return resources.files("cl_replay.configs").joinpath(relative)
+
+
+def resolve_config(given: str | Path, kind: str) -> str | Path | Traversable:
+    """``given`` when it is a file; else the packaged config of that name (``cpvae_mnist`` or
+    ``configs/pretrain/cpvae_mnist.yaml`` -> ``<kind>/cpvae_mnist.yaml``) when there is one."""
+    if Path(given).is_file():
+        return given
+    packaged = packaged_config(f"{kind}/{Path(given).stem}.yaml")
+    return packaged if packaged.is_file() else given
+
+
+def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
     """The mapping in a YAML file; a clear error if it is missing or not a mapping."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, str) else path
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -33,17 +52,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_keys(keys: Iterable[str], *types: type, source: str = "config") -> None:
+    """A ``ConfigError`` for the first key that none of the dataclass ``types`` has, naming the
+    closest valid key."""
+    fields = [f.name for t in types for f in dataclasses.fields(t)]
+    for key in keys:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {source}{hint} (valid keys: {', '.join(sorted(set(fields)))})")
+
+
 def build_configs(values: dict[str, Any], *types: type, source: str = "config") -> tuple:
     """Split flat ``values`` across the dataclass ``types`` (each key to the one type that has it).
 
     Values are converted to the type of the field's default (so YAML ``5e-4`` becomes a float).
     """
-    fields = {f.name: (t, f) for t in types for f in dataclasses.fields(t)}
-    for key in values:
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r} in {source}{hint} (valid keys: {', '.join(sorted(fields))})")
+    check_keys(values, *types, source=source)
     built = []
     for t in types:
         kwargs = {}

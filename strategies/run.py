@@ -12,8 +12,10 @@ Run folder (default ``runs/<timestamp>-cl-<stream>-<generator>``):
 * ``config.yaml`` (the flat configuration), ``log.txt`` (Avalanche ``TextLogger``),
   ``tensorboard/`` (Avalanche ``TensorboardLogger``: accuracy, loss, forgetting per experience
   and stream; generator losses, beta, temperature; replay images; the heat map),
-  ``replay_exp<i>.png`` (what the replay source holds after experience i), ``accuracy_matrix.png``
-  and ``checkpoint.pt`` (final classifier and generator weights).
+  ``replay_exp<i>.png`` (what the replay source holds after experience i), ``accuracy_matrix.png``,
+  ``checkpoint.pt`` (final classifier and generator weights) and ``resume.pt`` (everything needed to
+  go on, rewritten atomically after every experience: classifier, optimizers, generator, buffer,
+  RNG states, accuracy rows, timings; ``cl-replay run --resume RUN_DIR``).
 """
 from __future__ import annotations
 
@@ -22,121 +24,35 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cl_replay.config import ConfigError, as_flat_dict, build_configs, read_yaml
-from cl_replay.models import MODELS, ModelConfig, build_model
+from cl_replay.config import ConfigError, as_flat_dict
+from cl_replay.models import ModelConfig, build_model
+
+from .config import (BASELINES, RESUME_STATE, CLConfig, available_generators, check_values, configs_from_values,
+                     run_values)
 
 __all__ = [
     "BASELINES",
     "CLConfig",
-    "CONFIG_DIR",
     "available_generators",
     "load_config",
     "run_experiment",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "cl"
-BASELINES = ("none", "joint", "buffer")
-
-
-@dataclass
-class CLConfig:
-    """Everything a continual-learning run needs besides the generator's architecture (``ModelConfig``).
-
-    Protocol defaults follow van de Ven & Tolias (2019): 2000 iterations per experience, batch 128
-    plus 128 replayed, Adam lr 1e-3 betas (0.9, 0.999), classifier 784-400-400-C ReLU; the
-    generator is trained on the same schedule. ``gen_*`` values of 0 mean "same as the classifier's".
-    """
-
-    stream: str = "split_mnist"
-    generator: str = "cpvae"
-    scenario: str = "class"
-    seed: int = 0
-    n_experiences: int = 0
-    data_root: str = ""
-    eval_split: str = "test"
-    device: str = "auto"
-    iterations: int = 2000
-    batch_size: int = 128
-    replay_batch_size: int = 128
-    lr: float = 0.001
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    fc_units: int = 400
-    fc_layers: int = 2
-    replay_labels: str = "hard"
-    distill_temperature: float = 2.0
-    buffer_per_class: int = 100
-    joint_iterations: int = 0
-    gen_iterations: int = 0
-    gen_batch_size: int = 0
-    gen_replay_batch_size: int = 0
-    gen_lr: float = 0.001
-    gen_kl_warmup: int = 0
-    gen_temperature_iterations: int = 0
-    gen_temperature_restart: bool = True
-    aggregate_samples: int = 10000
-    eval_batch_size: int = 1000
-    grid_samples: int = 100
-    out: str = ""
-    threads: int = 1
-    parallel_generator: bool = True
-    progress: bool = True
-
-
-def available_generators() -> list[str]:
-    """Generative models of the registry (``cl_replay.models.MODELS``) and the reference points."""
-    return sorted(MODELS) + list(BASELINES)
-
 
 def load_config(stream: str, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> tuple[CLConfig, ModelConfig]:
-    """Defaults < ``config_file`` (else ``configs/cl/<stream>.yaml`` when it exists) < ``overrides``.
+    """Defaults < ``config_file`` (else the packaged ``configs/cl/<stream>.yaml``) < ``overrides``.
 
     Raises ``ConfigError`` for unknown keys (naming the closest) and invalid values.
     """
-    from .streams import STREAMS
-
-    if stream not in STREAMS:
-        raise ConfigError(f"unknown stream {stream!r}; choose one of: {', '.join(STREAMS)}")
-    values: dict[str, Any] = {}
-    source = "defaults"
-    path = Path(config_file) if config_file else CONFIG_DIR / f"{stream}.yaml"
-    if config_file or path.is_file():
-        values.update(read_yaml(path))
-        source = str(path)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    values["stream"] = stream
-    cl, model = build_configs(values, CLConfig, ModelConfig, source=source)
-    validate(cl)
-    if cl.generator in MODELS:
-        model = replace(model, model=cl.generator)
-    return cl, model
-
-
-def validate(cl: CLConfig) -> None:
-    from .streams import SCENARIOS, STREAMS
-
-    choices = {
-        "stream": list(STREAMS),
-        "generator": available_generators(),
-        "scenario": list(SCENARIOS),
-        "replay_labels": ["hard", "soft"],
-        "eval_split": ["test", "val"],
-        "device": ["auto", "cpu", "cuda"],
-    }
-    for key, valid in choices.items():
-        value = getattr(cl, key)
-        if value not in valid and not (key == "device" and str(value).startswith("cuda:")):
-            raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(valid)}")
-    for key in ("iterations", "batch_size", "replay_batch_size", "eval_batch_size"):
-        if getattr(cl, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cl, key)}")
+    values, source = run_values(stream, config_file, overrides)
+    return configs_from_values(values, source)
 
 
 def _device(name: str) -> torch.device:
@@ -215,6 +131,34 @@ def _save_grid(images: torch.Tensor, shape: tuple[int, int, int], path: Path) ->
     return grid
 
 
+def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, experience: int, writer) -> dict | None:
+    """After ``experience``: what each category of a categorical generator replays, judged by the
+    classifier that will label that replay (``semantics.category_semantics``). Saves
+    ``replay_exp<i>.png`` with one labelled row per category and logs it to TensorBoard; returns the
+    JSON report (None without a categorical generator)."""
+    from .semantics import category_semantics, class_histogram_figure, save_labelled_rows
+
+    generator = getattr(replay, "generator", None)
+    if generator is None or not getattr(replay, "trained", False):
+        return None
+    semantics = category_semantics(generator, strategy.predict, stream.class_names)
+    if semantics is None:
+        return None
+    report = {"experience": experience} | semantics.report
+    title = f"after experience {experience}: one row per category (share of q(c) -> majority class, purity)"
+    figure = save_labelled_rows(semantics, image_shape, run_dir / f"replay_exp{experience}.png", title)
+    writer.add_figure("replay/categories", figure, experience)
+    writer.add_scalar("replay/mean_purity", report["mean_purity"], experience)
+    writer.add_scalar("replay/categories_in_use", report["categories_in_use"], experience)
+    writer.add_figure("replay/class_histogram",
+                      class_histogram_figure(semantics, f"replay classes after experience {experience}"), experience)
+    table = ["| category | share of q(c) | majority class | purity |", "|---|---|---|---|"] + [
+        f"| {c['category']} | {c['share']:.3f} | {c['majority_class']} | {100 * c['purity']:.0f}% |" for c in report["categories"]
+    ]
+    writer.add_text("replay/categories", "\n".join(table), experience)
+    return report
+
+
 def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, device: torch.device, writer, batch_hook=None):
     from .generators import GeneratorSchedule, ReplayGenerator
     from .sources import BufferReplay, GeneratorReplay, NoReplay
@@ -239,29 +183,37 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
         temperature_iterations=cl.gen_temperature_iterations or iterations,
         temperature_restart=cl.gen_temperature_restart,
         aggregate_samples=cl.aggregate_samples,
+        on_nan=cl.on_nan,
     )
     return GeneratorReplay(generator, schedule, lr=cl.gen_lr, betas=(cl.adam_beta1, cl.adam_beta2), writer=writer,
                            batch_hook=batch_hook, worker=worker)
 
 
 def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, stream=None,
-                   run_dir: str | Path | None = None, echo=print, batch_hook=None) -> dict[str, Any]:
+                   run_dir: str | Path | None = None, echo=print, batch_hook=None, resume: bool = False
+                   ) -> dict[str, Any]:
     """Run one stream with one generator and write the run folder; returns the results dict.
 
     ``stream`` (a ``ContinualStream``) replaces the one named by ``cl.stream`` (tests use tiny
     synthetic streams); ``batch_hook(x_current, x_replay)`` sees every generator training batch.
+    After every experience the run saves ``resume.pt`` (atomically); ``resume=True`` continues the
+    run in ``run_dir`` (or ``cl.out``) after its last finished experience, exactly as the
+    uninterrupted run would have gone on.
     """
     from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, loss_metrics
     from avalanche.logging import TensorboardLogger, TextLogger
     from avalanche.training.plugins import EvaluationPlugin
     from tqdm import tqdm
 
+    from cl_replay.checkpoints import rng_state, save_atomic, set_rng_state
+    from cl_replay.divergence import DivergenceError
+
     from .generators import make_adam
     from .replay import MLPClassifier, ReplayStrategy
     from .streams import build_stream
 
     start = time.perf_counter()
-    validate(cl)
+    check_values(dataclasses.asdict(cl))
     model_config = model_config or ModelConfig()
     torch.set_flush_denormal(True)  # denormals made generative replay several times slower on CPU
     if cl.threads > 0:
@@ -270,18 +222,22 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
     device = _device(cl.device)
     if stream is None:
         stream = build_stream(cl.stream, data_root=cl.data_root or None, seed=cl.seed, scenario=cl.scenario,
-                              n_experiences=cl.n_experiences, eval_split=cl.eval_split, device=device)
+                              n_experiences=cl.n_experiences, eval_split=cl.eval_split, device=device,
+                              download=cl.download)
     load_time = time.perf_counter() - start
     run_dir = Path(run_dir or cl.out or default_run_dir(cl))
-    run_dir.mkdir(parents=True, exist_ok=True)
     flat = as_flat_dict(cl, model_config)
     flat["out"] = str(run_dir)
-    import yaml
+    if resume:
+        saved = torch.load(run_dir / RESUME_STATE, map_location=device, weights_only=False)
+    else:
+        import yaml
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(flat, sort_keys=False))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(flat, sort_keys=False))
 
     tb_logger = TensorboardLogger(run_dir / "tensorboard")
-    log_file = open(run_dir / "log.txt", "w")
+    log_file = open(run_dir / "log.txt", "a" if resume else "w")
     evaluator = EvaluationPlugin(
         accuracy_metrics(epoch=True, experience=True, stream=True),
         loss_metrics(epoch=True, experience=True, stream=True),
@@ -306,15 +262,25 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
         scenario=cl.scenario, task_classes=stream.experience_classes, iterations=iterations,
         train_mb_size=cl.batch_size, replay_mb_size=cl.replay_batch_size, eval_mb_size=cl.eval_batch_size,
         replay_labels=cl.replay_labels, distill_temperature=cl.distill_temperature,
-        tensor_source=stream.tensors, progress=progress, device=device, evaluator=evaluator,
+        tensor_source=stream.tensors, progress=progress, device=device, evaluator=evaluator, on_nan=cl.on_nan,
     )
     echo(f"run folder: {run_dir}   ({stream.name}, {cl.scenario}-incremental, {T} experiences, "
          f"generator {cl.generator}, device {device})")
 
     matrix: list[list[float]] = []
-    eval_time = 0.0
+    category_semantics_rows: list[dict] = []
+    eval_time = earlier_wall_time = 0.0
+    if resume:
+        strategy.load_state_dict(saved["strategy"])
+        matrix, eval_time, earlier_wall_time = saved["matrix"], saved["eval_time_s"], saved["wall_time_s"]
+        category_semantics_rows = saved.get("category_semantics", [])
+        set_rng_state(saved["rng"])
+        progress.update(len(matrix) * (iterations + replay.extra_iterations()))
+        echo(f"resuming after experience {len(matrix)}/{len(train_experiences)}")
     try:
         for i, experience in enumerate(train_experiences):
+            if i < len(matrix):
+                continue
             strategy.train(experience)
             eval_start = time.perf_counter()
             metrics = strategy.eval(stream.test_stream)
@@ -323,10 +289,14 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
                 row = [_accuracy(strategy, data) for data in stream.test]
             matrix.append(row)
             eval_time += time.perf_counter() - eval_start
-            images = replay.sample_grid(cl.grid_samples)
-            if images is not None:
-                grid = _save_grid(images, image_shape, run_dir / f"replay_exp{i + 1}.png")
-                tb_logger.writer.add_image("replay/samples", grid, i + 1)
+            semantics = _replay_semantics(replay, strategy, stream, image_shape, run_dir, i + 1, tb_logger.writer)
+            if semantics is not None:
+                category_semantics_rows.append(semantics)
+            else:
+                images = replay.sample_grid(cl.grid_samples)
+                if images is not None:
+                    grid = _save_grid(images, image_shape, run_dir / f"replay_exp{i + 1}.png")
+                    tb_logger.writer.add_image("replay/samples", grid, i + 1)
             timing = strategy.timing[-1] if strategy.timing else {}
             gen_ms = timing.get("generator_ms_per_iteration")
             progress.write(
@@ -336,6 +306,14 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
                 + f"  | classifier {timing.get('classifier_ms_per_iteration', float('nan')):.1f} ms/it"
                 + (f", generator {gen_ms:.1f} ms/it" if gen_ms else "")
             )
+            save_atomic({"strategy": strategy.state_dict(), "matrix": matrix, "eval_time_s": eval_time,
+                         "category_semantics": category_semantics_rows,
+                         "wall_time_s": earlier_wall_time + time.perf_counter() - start, "rng": rng_state()},
+                        run_dir / RESUME_STATE)
+    except DivergenceError as error:
+        kept = (f"{run_dir / RESUME_STATE} holds the run after experience {len(matrix)}; continue it with "
+                f"cl-replay run --resume {run_dir} (--on-nan skip skips such steps)") if matrix else "no experience finished"
+        raise DivergenceError(f"{error}. The run stopped; {kept}.") from None
     finally:
         progress.close()
         replay.close()
@@ -359,6 +337,7 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
         "load_time_s": load_time,
         "eval_time_s": eval_time,
         "timing": strategy.timing,
+        "category_semantics": category_semantics_rows,
         "generator_stats": [
             {k: v for k, v in s.items() if k not in ("final",)} | {"final_losses": s.get("final")}
             for s in strategy.replay_stats if s
@@ -382,7 +361,7 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
     if generator is not None:
         checkpoint["generator"] = generator.state_dict()
     torch.save(checkpoint, run_dir / "checkpoint.pt")
-    results["wall_time_s"] = time.perf_counter() - start
+    results["wall_time_s"] = earlier_wall_time + time.perf_counter() - start
     (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     tb_logger.writer.add_scalar("final_average_accuracy", results["final_average_accuracy"], len(matrix))
     tb_logger.writer.close()
