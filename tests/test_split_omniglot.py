@@ -155,3 +155,13 @@ def test_real_split_omniglot_stream() -> None:
     full = build_stream("split_omniglot", data_root=REAL_DATA)
     assert full.n_experiences == 50 and full.num_classes == 1623
     assert sum(len(d) for d in full.train) == 22722 and sum(len(d) for d in full.test) == 6492
+
+
+@pytest.mark.skipif(not (REAL_DATA / "omniglot-py" / "images_evaluation").is_dir(),
+                    reason=f"real Omniglot not found under {REAL_DATA} (set CL_REPLAY_TEST_DATA)")
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_real_split_omniglot_run_starts(tmp_path: Path, scenario: str) -> None:
+    cl = CLConfig(stream="split_omniglot", generator="none", scenario=scenario, seed=3, n_experiences=3,
+                  data_root=str(REAL_DATA), iterations=2, progress=False, out=str(tmp_path / scenario))
+    results = run_experiment(cl, echo=lambda *_: None)
+    assert len(results["accuracy_matrix"]) == 3 and results["experience_names"][0] == "Mongolian"
