@@ -2,6 +2,7 @@
 
     python benchmarks/clustering_ablation.py --out ~/runs/clustering --seeds 0 --data-root ../shared/datasets
     python benchmarks/clustering_ablation.py --out ~/runs/clustering --report-only
+    python benchmarks/clustering_ablation.py --progress ~/runs/full/cpvae-mnist-s*
 
 Each variant is a config file (default: configs/clustering/*.yaml); a cell is
 ``cl-replay pretrain --config VARIANT.yaml --seed S --out OUT/VARIANT-sS``. Finished cells
@@ -12,7 +13,9 @@ thread each. The report (markdown on stdout and ``OUT/ablation.md``, validation 
 argmax q(c|x) on the test set, categories in use (q(c_k) > 0.001) and the test negative ELBO, as
 mean ± std over the finished seeds, and the cost of one training step relative to the paper's
 Gumbel-softmax variant, measured in this process (one thread, batch 100, MNIST-sized model), since
-wall times of runs that shared a machine do not compare.
+wall times of runs that shared a machine do not compare. ``--progress RUN_DIR ...`` prints, for
+pretraining runs still in progress (or finished), the latest epoch's validation figures from their
+TensorBoard events.
 """
 from __future__ import annotations
 
@@ -57,6 +60,24 @@ def summary(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
+def progress(run_dirs: list[Path]) -> str:
+    """Latest validation figures of each run folder, from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = ["| run | epochs so far | beta | validation cluster accuracy | categories in use "
+            "| validation neg. ELBO (beta = 1) | status |", "|---|---|---|---|---|---|---|"]
+    for run_dir in run_dirs:
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        last = {tag: events.Scalars(tag)[-1] for tag in
+                ("val/cluster_accuracy", "val/categories_in_use", "val/neg_elbo", "train/beta")}
+        status = "finished" if (run_dir / "metrics.json").is_file() else "in progress"
+        rows.append(f"| {run_dir.name} | {last['val/neg_elbo'].step} | {last['train/beta'].value:.2f} "
+                    f"| {100 * last['val/cluster_accuracy'].value:.1f}% | {int(last['val/categories_in_use'].value)} "
+                    f"| {last['val/neg_elbo'].value:.2f} | {status} |")
+    return "\n".join(rows)
+
+
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(epoch, validation cluster accuracy) from the run's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -74,15 +95,18 @@ def report(configs: list[Path], seeds: list[int], out: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     costs = step_costs(configs)
-    curves = {}
+    curves, pending = {}, []
     for config in configs:
         keys = yaml.safe_load(config.read_text())
         runs = [out / f"{config.stem}-s{s}" for s in seeds if (out / f"{config.stem}-s{s}" / "metrics.json").is_file()]
         metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+        if not metrics:
+            pending.append(config.stem)
+            continue
         changed = ", ".join(f"{k}={v}" for k, v in keys.items() if k in VARIANT_KEYS) or "paper defaults"
         epochs = sorted({m["epochs_trained"] for m in metrics})
         rows.append(
-            f"| {config.stem} | {changed} | {'/'.join(map(str, epochs)) or keys.get('epochs')} "
+            f"| {config.stem} | {changed} | {'/'.join(map(str, epochs))} "
             f"| {len(metrics)} | {summary([m['cluster_accuracy'] for m in metrics], 100)} "
             f"| {summary([m['categories_in_use'] for m in metrics])} "
             f"| {summary([m['test_neg_elbo'] for m in metrics], digits=2)} "
@@ -91,6 +115,9 @@ def report(configs: list[Path], seeds: list[int], out: Path) -> str:
         if runs:
             curves[config.stem] = validation_curve(runs[0])
     plot_curves(curves, out / "ablation_curves.png")
+    if pending:
+        waiting = ", ".join(f"{name} (step cost {costs[name]:.1f}x)" for name in pending)
+        rows.append(f"\nNot finished yet (run the same command again to go on): {waiting}.")
     table = "\n".join(rows)
     (out / "ablation.md").write_text(table + "\n")
     return table
@@ -152,13 +179,19 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="Folder for the run folders and the report.")
+    parser.add_argument("--out", type=Path, help="Folder for the run folders and the report.")
+    parser.add_argument("--progress", type=Path, nargs="+", help="Only print the progress of these run folders.")
     parser.add_argument("--configs", type=Path, nargs="*", help="Variant configs (default: configs/clustering/*.yaml).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--jobs", type=int, default=2, help="Cells run side by side (default 2).")
     parser.add_argument("--data-root")
     parser.add_argument("--report-only", action="store_true", help="Only write the report of finished cells.")
     args = parser.parse_args()
+    if args.progress:
+        print(progress(args.progress))
+        return
+    if args.out is None:
+        parser.error("--out is required (or --progress RUN_DIR ...)")
     configs = args.configs or sorted((ROOT / "configs" / "clustering").glob("*.yaml"))
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
