@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/out/synthetic")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior-init", default="normal", choices=("normal", "kmeans"),
+                        help="CP-VAE categories: the paper's N(0, 0.1^2) means (default) or the k-means restart.")
     args = parser.parse_args()
     out = Path(args.out)
     generator = torch.Generator().manual_seed(args.seed)
@@ -70,7 +72,7 @@ def main() -> None:
     for name, model_name, categories in (("CP K=2", "cpvae", 2), ("CP K=150", "cpvae", 150), ("VAE", "vae", 1)):
         torch.manual_seed(args.seed)
         config = ModelConfig(model=model_name, input_dim=1, categories=categories, likelihood="gaussian",
-                             temperature_epochs=args.warmup)
+                             temperature_epochs=args.warmup, prior_init=args.prior_init)
         model = build_model(config)
         train_config = TrainConfig(epochs=args.epochs, warmup=args.warmup, patience=args.epochs, is_samples=0)
         trainer = Trainer(model, train_config, out / name.replace(" ", "_").replace("=", ""), train_x, val_x,
