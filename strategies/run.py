@@ -134,19 +134,22 @@ def _save_grid(images: torch.Tensor, shape: tuple[int, int, int], path: Path) ->
 def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, experience: int, writer) -> dict | None:
     """After ``experience``: what each category of a categorical generator replays, judged by the
     classifier that will label that replay (``semantics.category_semantics``). Saves
-    ``replay_exp<i>.png`` with one labelled row per category and logs it to TensorBoard; returns the
-    JSON report (None without a categorical generator)."""
+    ``replay_categories_exp<i>.png`` with one labelled row per category and logs it to TensorBoard;
+    returns the JSON report (None without a categorical generator). Its samples come from a forked
+    random state, so measuring leaves the run's random stream, and so its results, unchanged."""
     from .semantics import category_semantics, class_histogram_figure, save_labelled_rows
 
     generator = getattr(replay, "generator", None)
     if generator is None or not getattr(replay, "trained", False):
         return None
-    semantics = category_semantics(generator, strategy.predict, stream.class_names)
+    with torch.random.fork_rng():
+        torch.manual_seed(experience)
+        semantics = category_semantics(generator, strategy.predict, stream.class_names)
     if semantics is None:
         return None
     report = {"experience": experience} | semantics.report
     title = f"after experience {experience}: one row per category (share of q(c) -> majority class, purity)"
-    figure = save_labelled_rows(semantics, image_shape, run_dir / f"replay_exp{experience}.png", title)
+    figure = save_labelled_rows(semantics, image_shape, run_dir / f"replay_categories_exp{experience}.png", title)
     writer.add_figure("replay/categories", figure, experience)
     writer.add_scalar("replay/mean_purity", report["mean_purity"], experience)
     writer.add_scalar("replay/categories_in_use", report["categories_in_use"], experience)
@@ -289,14 +292,13 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
                 row = [_accuracy(strategy, data) for data in stream.test]
             matrix.append(row)
             eval_time += time.perf_counter() - eval_start
+            images = replay.sample_grid(cl.grid_samples)
+            if images is not None:
+                grid = _save_grid(images, image_shape, run_dir / f"replay_exp{i + 1}.png")
+                tb_logger.writer.add_image("replay/samples", grid, i + 1)
             semantics = _replay_semantics(replay, strategy, stream, image_shape, run_dir, i + 1, tb_logger.writer)
             if semantics is not None:
                 category_semantics_rows.append(semantics)
-            else:
-                images = replay.sample_grid(cl.grid_samples)
-                if images is not None:
-                    grid = _save_grid(images, image_shape, run_dir / f"replay_exp{i + 1}.png")
-                    tb_logger.writer.add_image("replay/samples", grid, i + 1)
             timing = strategy.timing[-1] if strategy.timing else {}
             gen_ms = timing.get("generator_ms_per_iteration")
             progress.write(
