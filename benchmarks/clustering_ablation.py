@@ -123,9 +123,10 @@ def report(configs: list[Path], seeds: list[int], out: Path) -> str:
     return table
 
 
-def step_costs(configs: list[Path], steps: int = 30) -> dict[str, float]:
+def step_costs(configs: list[Path], steps: int = 20, rounds: int = 3) -> dict[str, float]:
     """Milliseconds per training step (forward, backward, Adam) of each variant's model on one
-    thread, relative to the fastest ``gumbel`` variant (the paper's estimator)."""
+    thread, relative to the ``gumbel`` variant (the paper's estimator): the fastest of ``rounds``
+    interleaved timings of ``steps`` steps each, which is robust to other work on the machine."""
     import time
 
     import torch
@@ -136,19 +137,21 @@ def step_costs(configs: list[Path], steps: int = 30) -> dict[str, float]:
 
     torch.set_num_threads(1)
     x = torch.rand(100, 784, generator=torch.Generator().manual_seed(0)).bernoulli()
-    milliseconds = {}
+    trainees = {}
     for config in configs:
-        model_config, _ = build_configs(yaml.safe_load(config.read_text()), ModelConfig, TrainConfig)
-        model = build_model(model_config)
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
-        for step in range(steps + 5):
-            if step == 5:
-                started = time.perf_counter()
-            loss, _ = model.loss(x, beta=0.5)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        milliseconds[config.stem] = 1000 * (time.perf_counter() - started) / steps
+        model = build_model(build_configs(yaml.safe_load(config.read_text()), ModelConfig, TrainConfig)[0])
+        trainees[config.stem] = (model, torch.optim.Adam(model.parameters(), lr=5e-4))
+    milliseconds = {name: float("inf") for name in trainees}
+    for _ in range(rounds):
+        for name, (model, optimizer) in trainees.items():
+            for step in range(steps + 3):
+                if step == 3:
+                    started = time.perf_counter()
+                loss, _ = model.loss(x, beta=0.5)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            milliseconds[name] = min(milliseconds[name], 1000 * (time.perf_counter() - started) / steps)
     reference = milliseconds.get("gumbel", min(milliseconds.values()))
     return {name: value / reference for name, value in milliseconds.items()}
 
