@@ -21,7 +21,7 @@ ONE_EPOCH = {"epochs": 1, "warmup": 1, "limit": 200, "is_samples": 0, "device": 
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance with 2 workers for the module (the sweep joins it instead of starting its own)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert runner.start_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 

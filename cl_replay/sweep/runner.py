@@ -40,16 +40,20 @@ class ClusterError(RuntimeError):
     """The Ray cluster named by ``--address`` or ``$RAY_ADDRESS`` cannot be joined."""
 
 
-def start_ray(address: str | None) -> bool:
-    """Join the cluster at ``address`` (else ``$RAY_ADDRESS``), or start a local instance on every
-    core; nothing when Ray is already initialised. Returns whether this call started it."""
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at ``address`` (else ``$RAY_ADDRESS``), or start a local instance on
+    ``num_cpus`` cores (default every core); nothing when Ray is already initialised. Returns
+    whether this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        # Ray starts its workers 15 nice levels below the driver; the trials are the sweep's work,
+        # so on a shared machine they keep the priority of the command that started them.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         return True
     try:
         ray.init(address=address, log_to_driver=False)
