@@ -156,6 +156,8 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``epochs`` or early stopping; Ctrl-C saves ``last.pt`` and re-raises."""
         config = self.config
+        if self.epochs_without_improvement >= config.patience:
+            return  # a resumed run that had already stopped early
         epochs = tqdm(range(self.epoch + 1, config.epochs + 1), desc="training", initial=self.epoch, total=config.epochs)
         try:
             for epoch in epochs:

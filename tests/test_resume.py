@@ -117,3 +117,21 @@ def test_pretraining_killed_in_epoch_3_resumes_to_the_same_model(tmp_path, monke
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", run)]
     assert metrics[0]["test_neg_elbo"] == metrics[1]["test_neg_elbo"] and metrics[1]["epochs_trained"] == 4
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(tmp_path):
+    from cl_replay.models import ModelConfig, build_model
+    from cl_replay.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    x = torch.rand(200, 12).bernoulli()
+    config = TrainConfig(epochs=50, warmup=0, patience=2, batch_size=50, is_samples=0)
+    first = Trainer(build_model(ModelConfig(input_dim=12, latent_dim=2, hidden=8, categories=2)), config, tmp_path,
+                    x[:150], x[150:], binarize_batches=False, image_shape=None)
+    first.epoch, first.epochs_without_improvement = 7, 2  # as after an early stop at epoch 7
+    first.save("last.pt")
+    again = Trainer(build_model(ModelConfig(input_dim=12, latent_dim=2, hidden=8, categories=2)), config, tmp_path,
+                    x[:150], x[150:], binarize_batches=False, image_shape=None)
+    again.resume()
+    again.fit()
+    assert again.epoch == 7
