@@ -46,6 +46,8 @@ RESUME_FLAGS = ("data_root", "device", "threads", "download", "progress", "on_na
 @click.option("--resume", type=click.Path(file_okay=False, exists=True),
               help="Continue the run in this folder after its last finished experience.")
 @click.option("--replay-labels", type=click.Choice(["hard", "soft"]), help="Labels of replay from the previous classifier.")
+@click.option("--replay-balance", type=click.Choice(["none", "class"]),
+              help="Replay categories in proportion to q(c) (none) or weighted so that the replay's labels are uniform over the classes seen (class).")
 @click.option("--categories", type=int, help="Generator categories K (CP-VAE) / components.")
 @click.option("--n-experiences", type=int, help="Number of experiences (Omniglot: the first N alphabets).")
 @click.option("--eval-split", type=click.Choice(["test", "val"]), help="Evaluate on the test set or the validation split.")

@@ -46,6 +46,8 @@ class CLConfig:
     fc_layers: int = 2
     replay_labels: str = "hard"
     distill_temperature: float = 2.0
+    replay_balance: str = "none"
+    balance_samples: int = 200
     buffer_per_class: int = 100
     joint_iterations: int = 0
     gen_iterations: int = 0
@@ -91,12 +93,13 @@ def check_values(values: dict[str, Any]) -> None:
     """Names and numbers of a run (a flat dict, before any work); raises ``ConfigError``."""
     defaults = CLConfig()
     for key, valid in (("stream", STREAMS), ("generator", available_generators()), ("scenario", SCENARIOS),
-                       ("replay_labels", ("hard", "soft")), ("eval_split", ("test", "val")), ("on_nan", ON_NAN)):
+                       ("replay_labels", ("hard", "soft")), ("replay_balance", ("none", "class")),
+                       ("eval_split", ("test", "val")), ("on_nan", ON_NAN)):
         check_choice(key, values.get(key, getattr(defaults, key)), valid)
     check_device(str(values.get("device", defaults.device)))
     check_numbers(values, positive=("iterations", "batch_size", "replay_batch_size", "eval_batch_size", "lr", "gen_lr",
                                     "fc_units", "fc_layers", "categories", "latent_dim", "hidden",
-                                    "distill_temperature", "buffer_per_class", "aggregate_samples"),
+                                    "distill_temperature", "buffer_per_class", "aggregate_samples", "balance_samples"),
                   non_negative=("n_experiences", "joint_iterations", "gen_iterations", "gen_batch_size",
                                 "gen_replay_batch_size", "gen_kl_warmup", "gen_temperature_iterations",
                                 "grid_samples", "threads"))

@@ -171,13 +171,15 @@ class CategorySchedule:
 
 class GeneratorReplaySampler:
     """Replay batches from a frozen generator: categories from a :class:`CategorySchedule` over
-    ``total`` samples with counts proportional to its q(c), or plain ``generate(n)`` otherwise."""
+    ``total`` samples with counts proportional to its q(c) (or to ``weights``, e.g. class-balanced
+    ones), or plain ``generate(n)`` otherwise."""
 
-    def __init__(self, generator: GeneratorCore, total: int, seed_generator: torch.Generator | None = None) -> None:
+    def __init__(self, generator: GeneratorCore, total: int, seed_generator: torch.Generator | None = None,
+                 weights: torch.Tensor | None = None) -> None:
         self.generator = generator
         self.schedule = None
         if generator.categorical:
-            counts = generator.model.category_counts(total).cpu()
+            counts = generator.model.category_counts(total, weights).cpu()
             self.schedule = CategorySchedule(counts, seed_generator)
 
     def sample(self, n: int) -> torch.Tensor:

@@ -184,7 +184,10 @@ class ReplayPlugin(SupervisedPlugin):
                 p.requires_grad_(False)
         self.current_data = self.experience_data(strategy)
         iterations = len(strategy.dataloader) * strategy.train_epochs
-        self.source.begin_experience(self.current_data, self.t, iterations * self.replay_mb_size)
+        replay_classes = self.labels.seen_before.nonzero().flatten().tolist()
+        self.source.begin_experience(self.current_data, self.t, iterations * self.replay_mb_size,
+                                     classify=self.classify_replay if self.active else None,
+                                     replay_classes=replay_classes)
 
     def after_training_exp(self, strategy, *args, **kwargs):
         self.stats.append(self.source.end_experience(self.current_data, self.t, self.progress))
@@ -219,6 +222,15 @@ class ReplayPlugin(SupervisedPlugin):
         strategy.loss = weight * strategy.loss + (1.0 - weight) * replay
 
     # ------------------------------------------------------------------ replay
+    @torch.no_grad()
+    def classify_replay(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The frozen previous classifier's class (arg-max over the classes seen before this
+        experience) of replayed inputs ``x``, flattened as the source returns them."""
+        old = torch.where(self.labels.seen_before, 0.0, MASK).unsqueeze(0)
+        shape = self.current_data.x.shape[1:]
+        return torch.cat([(self.previous_model(x[i : i + batch_size].reshape(-1, *shape)) + old).argmax(1)
+                          for i in range(0, len(x), batch_size)])
+
     def _targets(self, logits: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         if self.replay_labels == "hard":
             return (logits + bias).argmax(dim=1)
@@ -276,16 +288,19 @@ class CPVAEReplayPlugin(ReplayPlugin):
     :param lr, betas: the generator's Adam.
     :param worker: a ``GeneratorWorker`` to train the generator in a parallel process.
     :param writer: a TensorBoard ``SummaryWriter`` for the generator's losses.
+    :param class_balance: replay categories weighted so that the frozen classifier's labels of the
+        replay are uniform over the classes seen so far (``semantics.balanced_category_weights``),
+        instead of in proportion to q(c); ``balance_samples`` samples per category estimate their class mix.
     Other keyword arguments are ``ReplayPlugin``'s.
     """
 
     def __init__(self, generator: nn.Module, *, num_classes: int, schedule: GeneratorSchedule | None = None,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), worker=None, writer=None,
-                 **options) -> None:
+                 class_balance: bool = False, balance_samples: int = 200, **options) -> None:
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         source = GeneratorReplay(generator, schedule or GeneratorSchedule(), lr=lr, betas=betas, writer=writer,
-                                 worker=worker)
+                                 worker=worker, class_balance=class_balance, balance_samples=balance_samples)
         super().__init__(source, num_classes=num_classes, **options)
 
     @property

@@ -144,7 +144,10 @@ def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, expe
         return None
     with torch.random.fork_rng():
         torch.manual_seed(experience)
-        semantics = category_semantics(generator, strategy.predict, stream.class_names)
+        balance = replay.class_balance and experience < stream.n_experiences
+        seen = sorted({c for classes in stream.experience_classes[:experience] for c in classes})
+        semantics = category_semantics(generator, strategy.predict, stream.class_names,
+                                       balance_classes=seen if balance else None)
     if semantics is None:
         return None
     report = {"experience": experience} | semantics.report
@@ -189,7 +192,8 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
         on_nan=cl.on_nan,
     )
     return GeneratorReplay(generator, schedule, lr=cl.gen_lr, betas=(cl.adam_beta1, cl.adam_beta2), writer=writer,
-                           batch_hook=batch_hook, worker=worker)
+                           batch_hook=batch_hook, worker=worker, class_balance=cl.replay_balance == "class",
+                           balance_samples=cl.balance_samples)
 
 
 def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, stream=None,

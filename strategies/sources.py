@@ -10,6 +10,7 @@ with ``sample(n)``. ``plugin.ReplayPlugin`` drives a source inside any Avalanche
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -36,9 +37,12 @@ class ReplaySource:
         """Whether experience t (1-based) gets replay."""
         return False
 
-    def begin_experience(self, data: ExperienceTensors, t: int, replay_total: int) -> None:
+    def begin_experience(self, data: ExperienceTensors, t: int, replay_total: int,
+                         classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         replay_classes: list[int] | None = None) -> None:
         """Before the classifier trains on experience t, whose training data is ``data``; it will draw
-        ``replay_total`` replayed samples in all."""
+        ``replay_total`` replayed samples in all, labelled by ``classify`` (the frozen previous
+        classifier: inputs -> class indices among ``replay_classes``, the classes seen before t)."""
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """n replayed inputs, with stored labels and task labels if the source keeps them."""
@@ -136,9 +140,13 @@ class GeneratorReplay(ReplaySource):
     """
 
     def __init__(self, generator: GeneratorCore, schedule: GeneratorSchedule, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), writer=None, batch_hook=None, worker=None) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), writer=None, batch_hook=None, worker=None,
+                 class_balance: bool = False, balance_samples: int = 200) -> None:
         self.generator = generator
         self.schedule = schedule
+        self.class_balance = class_balance
+        self.balance_samples = balance_samples
+        self.balance_report: dict | None = None
         self.worker = worker
         self.state = None if worker is not None else GeneratorState(make_adam(generator.parameters(), lr=lr, betas=betas))
         self.previous: GeneratorCore | None = None
@@ -156,13 +164,36 @@ class GeneratorReplay(ReplaySource):
     def active(self, t: int) -> bool:
         return self.trained and t > 1
 
-    def begin_experience(self, data, t, replay_total):
+    def begin_experience(self, data, t, replay_total, classify=None, replay_classes=None):
         self.generator.to(data.x.device)
+        self.balance_report = None
         if self.active(t):
             self.previous = self.generator.frozen_copy()
-            self.sampler = GeneratorReplaySampler(self.previous, replay_total)
+            weights = None
+            if self.class_balance and self.previous.categorical and classify is not None and replay_classes:
+                weights = self._balanced_weights(classify, replay_classes)
+            self.sampler = GeneratorReplaySampler(self.previous, replay_total, weights=weights)
         if self.worker is not None:
             self.worker.submit(data.x, t, self.schedule)
+
+    def _balanced_weights(self, classify, replay_classes: list[int]) -> torch.Tensor:
+        """Class-balanced replay: category weights that make the replay's class histogram, as
+        ``classify`` labels it, uniform over ``replay_classes`` (``semantics.balanced_category_weights``;
+        each category's class mix estimated from ``balance_samples`` of its samples)."""
+        from .semantics import balanced_category_weights, category_class_mix
+
+        q = self.previous.q_c.detach().cpu()
+        num_classes = max(replay_classes) + 1
+        used, mix, _ = category_class_mix(self.previous, classify, num_classes, self.balance_samples)
+        weights = torch.zeros_like(q)
+        weights[used] = balanced_category_weights(mix[used], q[used], replay_classes)
+        self.balance_report = {
+            "samples_per_category": self.balance_samples,
+            "category_weights": [round(v, 6) for v in weights.tolist()],
+            "replay_class_histogram_q": _histogram(mix, q, replay_classes),
+            "replay_class_histogram_balanced": _histogram(mix, weights, replay_classes),
+        }
+        return weights.to(self.previous.device)
 
     def poll_progress(self, progress):
         if self.worker is not None and progress is not None:
@@ -192,6 +223,8 @@ class GeneratorReplay(ReplaySource):
         self.trained = True
         if self.sampler is not None and self.sampler.schedule is not None:
             stats["classifier_replay_category_counts"] = self.sampler.schedule.drawn.tolist()
+        if self.balance_report is not None:
+            stats["class_balance"] = self.balance_report
         return stats
 
     def sample_grid(self, n: int = 100):
@@ -221,3 +254,9 @@ class GeneratorReplay(ReplaySource):
         else:
             self._worker_state = {k: state[k] for k in ("optimizer", "iteration", "rng")}
             self.worker.restore(self.generator, **self._worker_state)
+
+
+def _histogram(mix: torch.Tensor, weights: torch.Tensor, classes: list[int]) -> dict[int, float]:
+    """The replay class histogram sum_k w_k P(y|c_k) / sum_k w_k over ``classes``, rounded for reports."""
+    histogram = (weights.double() / weights.sum()) @ mix.double()
+    return {c: round(float(histogram[c]), 4) for c in classes}
