@@ -171,6 +171,24 @@ def test_kmeans_initialisation_puts_one_category_on_each_cluster():
         torch.testing.assert_close(model.prior.mean[k], means[categories == k].mean(0), atol=0.05, rtol=0)
 
 
+def test_initialisation_from_a_given_partition():
+    """With ``labels`` the restart uses that partition instead of k-means: category k's prior mean is
+    the mean posterior mean of its group and q(c|x) is fitted to the partition (here a relabelling
+    of the true clusters, so k-means could not produce the same category indices by chance)."""
+    torch.manual_seed(0)
+    x, labels = separated_clusters()
+    partition = (labels + 1) % 4
+    model = small_cpvae(input_dim=64, latent_dim=8, hidden=32, categories=4)
+    with torch.no_grad():
+        h, log_pi = model.encode(x)
+        means = (log_pi.exp().unsqueeze(-1) * model.posterior(h)[0]).sum(1)
+    report = model.initialise_categories(x, labels=partition)
+    assert report["init/head_agreement"] > 0.98
+    assert float((model.categorize(x) == partition).float().mean()) > 0.98
+    for k in range(4):
+        torch.testing.assert_close(model.prior.mean[k], means[partition == k].mean(0))
+
+
 def test_kmeans_initialisation_runs_once_at_its_epoch():
     model = small_cpvae(prior_init="kmeans", prior_init_epoch=2)
     x, _ = separated_clusters(n_per=50, dim=12)

@@ -209,17 +209,20 @@ class CPVAE(GenerativeModel):
         return {}
 
     def initialise_categories(
-        self, x: torch.Tensor, fit_steps: int = 500, restarts: int = 10, seed: int = 0
+        self, x: torch.Tensor, fit_steps: int = 500, restarts: int = 10, seed: int = 0,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Data-dependent restart of the categories (VaDE's route, Jiang et al. 2017):
 
         1. k-means with K clusters on the posterior means m(x) = sum_k q(c_k|x) m(h(x), c_k) of the
-           data ``x`` (``best_kmeans``: the lowest distortion of ``restarts`` k-means++ runs);
+           data ``x`` (``best_kmeans``: the lowest distortion of ``restarts`` k-means++ runs), or
+           the partition ``labels`` (values in 0..K-1) when given, with centroids its group means
+           (``benchmarks/clustering_oracle.py`` starts from the true classes this way);
         2. p(z|c_k) = N(centroid_k, diag(within-cluster variance_k + mean posterior variance));
-        3. q(c|x): the category head alone is fitted to the k-means labels by ``fit_steps`` Adam
+        3. q(c|x): the category head alone is fitted to the cluster labels by ``fit_steps`` Adam
            steps of cross-entropy on the frozen encoder features.
 
-        Returns the share of data in the largest cluster and the head's agreement with k-means."""
+        Returns the share of data in the largest cluster and the head's agreement with the labels."""
         was_training = self.training
         self.eval()
         with torch.no_grad():
@@ -232,10 +235,15 @@ class CPVAE(GenerativeModel):
                 means.append((weights * mean_k).sum(1))
                 variances.append((weights * log_var_k.exp()).sum(1))
             h, means, posterior_variance = torch.cat(features), torch.cat(means), torch.cat(variances).mean(0)
-        centroids, labels = best_kmeans(means.double().cpu().numpy(), self.categories, restarts, seed)
-        labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
+        if labels is None:
+            centroids, labels = best_kmeans(means.double().cpu().numpy(), self.categories, restarts, seed)
+            centroids = torch.as_tensor(centroids, dtype=means.dtype)
+            labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
+        else:
+            labels = labels.to(x.device)
+            centroids = torch.stack([means[labels == k].mean(0) for k in range(self.categories)])
         with torch.no_grad():
-            self.prior.mean.copy_(torch.as_tensor(centroids, dtype=means.dtype))
+            self.prior.mean.copy_(centroids)
             for k in range(self.categories):
                 members = means[labels == k]
                 spread = members.var(0, unbiased=False) if members.shape[0] > 1 else torch.zeros_like(posterior_variance)
