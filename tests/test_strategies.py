@@ -395,8 +395,23 @@ def test_summary_groups_seeds(tmp_path):
     table = summarize_cl_runs(sorted(tmp_path.iterdir()))
     lines = table.splitlines()
     assert lines[0].startswith("| stream") and len(lines) == 4
-    assert "| cpvae |" in lines[2] and "92.00 ± 2.00" in lines[2] and "301" in lines[2] and "(n=3)" in lines[2]
+    assert "| cpvae |" in lines[2] and "92.00 ± 2.00" in lines[2] and "301" in lines[2] and "| 3 |" in lines[2]
+    assert "0: 90.00, 1: 94.00, 2: 92.00" in lines[2]
     assert "| none |" in lines[3] and "20.00 |" in lines[3]
+
+
+def test_summary_separates_variants_of_a_generator(tmp_path):
+    for name, balance, seed, accuracy in (("a0", "none", 0, 0.95), ("a1", "none", 1, 0.93),
+                                          ("b0", "class", 0, 0.96), ("b1", "class", 1, 0.97)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({
+            "stream": "split_mnist", "generator": "cpvae", "scenario": "class", "seed": seed,
+            "final_average_accuracy": accuracy, "average_forgetting": 0.05, "wall_time_s": 300.0,
+            "config": {"seed": seed, "out": str(tmp_path / name), "replay_balance": balance, "iterations": 2000}}))
+    lines = summarize_cl_runs(sorted(tmp_path.iterdir())).splitlines()
+    assert len(lines) == 4
+    assert "cpvae (replay_balance=class)" in lines[2] and "96.50 ± 0.71" in lines[2]
+    assert "cpvae (replay_balance=none)" in lines[3] and "94.00 ± 1.41" in lines[3]
 
 
 # --------------------------------------------------------------------------- real data
