@@ -14,6 +14,15 @@ k-means start is what limits the cluster accuracy), or one it moves away from.
         --seed 0 --out ~/runs/screen/oracle-gumbel_kmeans-s0 --data-root ../shared/datasets
     python benchmarks/clustering_oracle.py --resume ~/runs/screen/oracle-gumbel_kmeans-s0 --data-root ../shared/datasets
 
+``--probe RUN_DIR`` asks the other half of the question on a trained CP-VAE run (its
+``checkpoints/last.pt``): how well does k-means (best of 5 k-means++ runs, as the restart uses)
+cluster the validation images' posterior means, encoder features, their first 10 principal
+components and the standardised posterior means into 10 clusters (Hungarian accuracy), and how
+pure are 50 k-means clusters of the posterior means (share of images in their cluster's majority
+class)?
+
+    python benchmarks/clustering_oracle.py --probe ~/runs/full/cpvae-mnist-s0 --data-root ../shared/datasets
+
 The run folder is a normal ``cl-replay pretrain`` folder (metrics.json with the test negative
 ELBO and cluster accuracy, TensorBoard with the validation cluster accuracy of every epoch), so
 ``benchmarks/clustering_ablation.py --progress`` and ``cl-replay compare`` read it.
@@ -24,6 +33,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cl_replay.config import build_configs, read_yaml
@@ -45,6 +55,39 @@ def restart_from_classes(labels: torch.Tensor):
     return end_epoch
 
 
+@torch.no_grad()
+def kmeans_probe(run_dir: Path, data_root: str | None) -> dict[str, float]:
+    """k-means accuracy (10 clusters) of a trained CP-VAE's representations of the validation
+    images, its own argmax q(c|x) accuracy, and the purity of 50 k-means clusters."""
+    from cl_replay.evaluation import cluster_accuracy
+    from cl_replay.models import build_model
+    from cl_replay.models.cpvae import best_kmeans
+    from cl_replay.trainer import load_checkpoint
+
+    model_config, train_config = build_configs(read_yaml(run_dir / "config.yaml"), ModelConfig, TrainConfig,
+                                               source=str(run_dir / "config.yaml"))
+    splits = load_dataset(train_config.dataset, data_root or train_config.data_root, download=train_config.download)
+    model_config.input_dim = splits.val.x.shape[1]
+    model = build_model(model_config)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt", torch.device("cpu"))
+    model.load_state_dict(state["model"])
+    model.eval()
+    y = splits.val.y.numpy()
+    h, log_pi = model.encode(splits.val.x)
+    means = (log_pi.exp().unsqueeze(-1) * model.posterior(h)[0]).sum(1)
+    centred = means - means.mean(0)
+    components = torch.pca_lowrank(centred, q=10, center=False)[2]
+    representations = {"posterior means": means, "encoder features": h, "10 principal components": centred @ components,
+                       "standardised posterior means": centred / means.std(0)}
+    report = {"epoch": state["epoch"], "argmax q(c|x)": cluster_accuracy(log_pi.argmax(1).numpy(), y)[0]}
+    for name, features in representations.items():
+        report[f"k-means on {name}"] = cluster_accuracy(best_kmeans(features.double().numpy(), 10, 5, 0)[1], y)[0]
+    labels = best_kmeans(means.double().numpy(), 50, 5, 0)[1]
+    report["purity of 50 k-means clusters"] = sum(
+        int(np.bincount(y[labels == j]).max()) for j in set(labels.tolist())) / len(y)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="a clustering config (prior_init: kmeans), e.g. configs/clustering/gumbel_kmeans.yaml")
@@ -52,7 +95,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="run folder")
     parser.add_argument("--resume", type=Path, help="continue the run in this folder")
     parser.add_argument("--data-root")
+    parser.add_argument("--probe", type=Path, help="k-means probe of a trained CP-VAE run folder (see above)")
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(kmeans_probe(args.probe, args.data_root), indent=1))
+        return
     if not (args.resume or (args.config and args.out)):
         parser.error("give --config and --out, or --resume RUN_DIR")
     run_dir = args.resume or args.out
