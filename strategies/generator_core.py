@@ -8,8 +8,9 @@ frozen copy from the end of experience t-1, with the loss
 
     (1/t) * mean_current[rec + beta * KL] + (1 - 1/t) * mean_replay[rec + beta * KL]
 
-(van de Ven & Tolias 2019's weighting of current and replayed data). Schedules, driven by
-iteration counts so they work with 2000 iterations per experience:
+(van de Ven & Tolias 2019's weighting of current and replayed data). The replay is generated
+``replay_chunk`` batches at a time (``ReplayChunks``) and served batch by batch. Schedules, driven
+by iteration counts so they work with 2000 iterations per experience:
 
 * KL warm-up: beta = min(1, i / ``kl_warmup``) with i counting generator iterations from the very
   first experience, i.e. a linear warm-up during the first ``kl_warmup`` iterations of experience
@@ -29,11 +30,14 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from cl_replay.divergence import loss_is_finite
+
+from .config import REPLAY_CHUNK
 
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "GeneratorReplaySampler",
     "GeneratorSchedule",
     "GeneratorState",
+    "ReplayChunks",
     "make_adam",
     "refit_aggregated_posterior",
     "train_generator",
@@ -92,6 +97,17 @@ class GeneratorCore(nn.Module):
         return self.model.sample_with_categories(n, counts=counts)
 
     @torch.no_grad()
+    def sample_categories(self, categories: torch.Tensor) -> torch.Tensor:
+        """One sample x ~ p(x|c) for every category c of ``categories`` (a 1-d tensor of category
+        indices), in that order: ``sample_counts`` of the categories' counts, each sample then put at
+        the position of its category."""
+        counts = torch.bincount(categories, minlength=len(self.q_c))
+        x, _ = self.sample_counts(counts)
+        placed = torch.empty_like(x)
+        placed[torch.argsort(categories, stable=True)] = x
+        return placed
+
+    @torch.no_grad()
     def generate(self, batch_size: int | None = None, condition=None) -> torch.Tensor:
         n = 1 if batch_size is None else int(batch_size)
         if self.categorical and condition is not None:
@@ -134,10 +150,11 @@ class CategorySchedule:
     """Replay categories for a whole experience, drawn in advance.
 
     ``counts`` (e.g. ``category_counts(total)``: proportional to q(c), largest remainder) are laid
-    out as ``total`` category indices in random order; every call of ``next_counts(n)`` takes the
-    next n. Over the schedule the per-category totals equal ``counts`` exactly; within a batch they
-    are a random split (no category is starved by per-batch rounding). A new random order is laid
-    out when the schedule runs out.
+    out as ``total`` category indices in random order; every call of ``next_categories(n)`` takes
+    the next n of them (``next_counts(n)``: their counts per category). Over the schedule the
+    per-category totals equal ``counts`` exactly; within a batch they are a random split (no
+    category is starved by per-batch rounding). A new random order is laid out when the schedule
+    runs out.
     """
 
     def __init__(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> None:
@@ -153,7 +170,8 @@ class CategorySchedule:
         self._order = labels[torch.randperm(len(labels), generator=self.generator)]
         self._position = 0
 
-    def next_counts(self, n: int) -> torch.Tensor:
+    def next_categories(self, n: int) -> torch.Tensor:
+        """The next n category indices of the schedule, in its random order."""
         parts, needed = [], n
         while needed > 0:
             if self._position >= len(self._order):
@@ -164,9 +182,13 @@ class CategorySchedule:
             self._position += len(take)
             needed -= len(take)
             parts.append(take)
-        counts = torch.bincount(torch.cat(parts), minlength=self.categories)
-        self.drawn += counts
-        return counts
+        categories = torch.cat(parts)
+        self.drawn += torch.bincount(categories, minlength=self.categories)
+        return categories
+
+    def next_counts(self, n: int) -> torch.Tensor:
+        """How many of the next n category indices fall on each category."""
+        return torch.bincount(self.next_categories(n), minlength=self.categories)
 
 
 class GeneratorReplaySampler:
@@ -183,9 +205,48 @@ class GeneratorReplaySampler:
             self.schedule = CategorySchedule(counts, seed_generator)
 
     def sample(self, n: int) -> torch.Tensor:
+        """n samples; with a schedule, of its next n categories in the schedule's order."""
         if self.schedule is None:
             return self.generator.generate(n)
-        return self.generator.sample_counts(self.schedule.next_counts(n).to(self.generator.device))[0]
+        return self.generator.sample_categories(self.schedule.next_categories(n).to(self.generator.device))
+
+
+class ReplayChunks:
+    """Replay batches of ``batch_size`` rows served from chunks drawn ahead.
+
+    ``draw(m)`` makes m rows at once (generated samples, or samples with their labels: anything
+    sliced by rows); ``next()`` serves them ``batch_size`` at a time, in the order drawn. A chunk
+    holds ``chunk_batches`` batches, or the batches still missing from the ``total`` rows an
+    experience uses when fewer, so that a ``CategorySchedule`` laid out over ``total`` samples is
+    used up exactly and never drawn past. Drawn from a ``GeneratorReplaySampler``, batch i gets the
+    categories it would get with ``chunk_batches = 1`` (the schedule's next ``batch_size``
+    categories); only the networks run on more rows at a time.
+    """
+
+    def __init__(self, draw: Callable[[int], Any], batch_size: int, chunk_batches: int = 1,
+                 total: int | None = None) -> None:
+        if batch_size < 1 or chunk_batches < 1:
+            raise ValueError(f"batch_size and chunk_batches must be positive, got {batch_size} and {chunk_batches}")
+        self.draw = draw
+        self.batch_size = batch_size
+        self.chunk_batches = chunk_batches
+        self.total = total
+        self.served = 0
+        self._chunk: Any = None
+        self._position = self._rows = 0
+
+    def next(self) -> Any:
+        """The next batch of ``batch_size`` rows."""
+        if self._position >= self._rows:
+            batches = self.chunk_batches
+            if self.total is not None and self.served < self.total:
+                batches = min(batches, -(-(self.total - self.served) // self.batch_size))
+            self._rows, self._position = batches * self.batch_size, 0
+            self._chunk = self.draw(self._rows)
+        batch = self._chunk[self._position : self._position + self.batch_size]
+        self._position += self.batch_size
+        self.served += self.batch_size
+        return batch
 
 
 @dataclass
@@ -199,6 +260,7 @@ class GeneratorSchedule:
     temperature_iterations: int = 2000
     temperature_restart: bool = True
     aggregate_samples: int = 10000
+    replay_chunk: int = REPLAY_CHUNK
     log_every: int = 50
     on_nan: str = "stop"  # a non-finite loss stops training (DivergenceError) or, "skip", skips the step
 
@@ -244,7 +306,9 @@ def train_generator(
     weight_current = 1.0 / t
     replay = None
     if previous is not None and t > 1:
-        replay = GeneratorReplaySampler(previous, schedule.iterations * schedule.replay_batch_size)
+        total = schedule.iterations * schedule.replay_batch_size
+        replay = ReplayChunks(GeneratorReplaySampler(previous, total).sample, schedule.replay_batch_size,
+                              schedule.replay_chunk, total)
     model.train()
     optimizer = state.optimizer
     order = torch.randperm(n_data, device=device)
@@ -263,7 +327,7 @@ def train_generator(
         beta = min(1.0, (state.iteration + 1) / schedule.kl_warmup) if schedule.kl_warmup > 0 else 1.0
         local = i if schedule.temperature_restart else state.iteration
         temperature = _set_temperature(model, local / max(1, schedule.temperature_iterations))
-        x_replay = replay.sample(schedule.replay_batch_size) if replay is not None else None
+        x_replay = replay.next() if replay is not None else None
         if batch_hook is not None:
             batch_hook(x, x_replay)
         n = x.shape[0]

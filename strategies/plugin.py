@@ -8,16 +8,18 @@ In experience t (1-based) the plugin
 * before training: counts t, records the experience's classes, freezes a copy of the classifier
   (the labeller of replay) and hands the experience's data to the source (the generator of t-1
   is frozen; with a worker process the generator of t starts training there);
-* every iteration (t > 1): draws ``replay_mb_size`` replayed inputs (a generator draws its
-  categories in proportion to q(c) over the experience, see ``CategorySchedule``), labels them
-  with the frozen classifier, and replaces the template's loss L_current by
+* every iteration (t > 1): takes ``replay_mb_size`` replayed inputs (a generator draws its
+  categories in proportion to q(c) over the experience, see ``CategorySchedule``) labelled by the
+  frozen classifier (both done ``replay_chunk`` batches at a time, ``ReplayChunks``), and
+  replaces the template's loss L_current by
 
       L = (1/t) * L_current + (1 - 1/t) * L_replay                (van de Ven & Tolias 2019)
 
   where L_replay is the cross-entropy with the ``hard`` labels (arg-max) or, ``soft``, the
   distillation loss T^2 * cross-entropy(softmax(prev / T), softmax(logits / T)) at temperature T;
 * after training: trains the generator on the experience plus its own replay (``train_generator``)
-  and, for CP-VAE, refits q(c) over everything learned so far.
+  and, for CP-VAE, refits q(c) over everything learned so far; not after the stream's last
+  experience when the source knows the stream's length (nothing would replay from it).
 
 Logit masks (a bias of 0 for allowed classes, ``MASK`` for the others):
 
@@ -45,7 +47,8 @@ from torch import nn
 
 from avalanche.core import SupervisedPlugin
 
-from .generator_core import GeneratorCore, GeneratorSchedule
+from .config import REPLAY_CHUNK
+from .generator_core import GeneratorCore, GeneratorSchedule, ReplayChunks
 from .generators import ReplayGenerator
 from .sources import GeneratorReplay, ReplaySource
 from .streams import ExperienceTensors, extract_tensors
@@ -63,6 +66,11 @@ class ReplayBatch:
     x: torch.Tensor
     heads: list[tuple[torch.Tensor, torch.Tensor]]
     stored_labels: torch.Tensor | None = None
+
+    def __getitem__(self, rows: slice) -> ReplayBatch:
+        """The replay of ``rows`` (biases shared by the whole batch stay whole)."""
+        heads = [(bias if bias.shape[0] == 1 else bias[rows], target[rows]) for bias, target in self.heads]
+        return ReplayBatch(self.x[rows], heads, None if self.stored_labels is None else self.stored_labels[rows])
 
 
 class LabelSpace:
@@ -129,6 +137,8 @@ class ReplayPlugin(SupervisedPlugin):
     :param num_classes: outputs of the classifier (all classes of the stream).
     :param scenario: ``class`` or ``task`` (then ``task_classes``: the classes of each task).
     :param replay_mb_size: replayed inputs per training iteration.
+    :param replay_chunk: replay batches drawn and labelled at once, then served one per iteration
+        (``generator_core.ReplayChunks``).
     :param replay_labels: ``hard`` or ``soft`` (distillation at ``distill_temperature``).
     :param tensor_source: ``dataset -> ExperienceTensors | None`` giving an experience's data as
         tensors; by default (or when it returns None) the dataset is read once with a DataLoader.
@@ -142,6 +152,7 @@ class ReplayPlugin(SupervisedPlugin):
         scenario: str = "class",
         task_classes: list[list[int]] | None = None,
         replay_mb_size: int = 128,
+        replay_chunk: int = REPLAY_CHUNK,
         replay_labels: str = "hard",
         distill_temperature: float = 2.0,
         tensor_source: Callable[[object], ExperienceTensors | None] | None = None,
@@ -153,6 +164,9 @@ class ReplayPlugin(SupervisedPlugin):
         self.source = source
         self.labels = LabelSpace(num_classes, scenario, task_classes, device)
         self.replay_mb_size = replay_mb_size
+        self.replay_chunk = replay_chunk
+        self.replay_total = 0  # replayed inputs the current experience will use
+        self.replay_batches: ReplayChunks | None = None  # the current experience's replay, drawn ahead
         self.replay_labels = replay_labels
         self.distill_temperature = distill_temperature
         self.tensor_source = tensor_source
@@ -184,14 +198,16 @@ class ReplayPlugin(SupervisedPlugin):
                 p.requires_grad_(False)
         self.current_data = self.experience_data(strategy)
         iterations = len(strategy.dataloader) * strategy.train_epochs
+        self.replay_total = iterations * self.replay_mb_size
+        self.replay_batches = None
         replay_classes = self.labels.seen_before.nonzero().flatten().tolist()
-        self.source.begin_experience(self.current_data, self.t, iterations * self.replay_mb_size,
+        self.source.begin_experience(self.current_data, self.t, self.replay_total,
                                      classify=self.classify_replay if self.active else None,
                                      replay_classes=replay_classes)
 
     def after_training_exp(self, strategy, *args, **kwargs):
         self.stats.append(self.source.end_experience(self.current_data, self.t, self.progress))
-        self.batch = self.replay_logits = self.current_data = None
+        self.batch = self.replay_logits = self.current_data = self.replay_batches = None
 
     def state_dict(self) -> dict:
         """Experiences done, classes seen, statistics and the source's state: with the classifier, what
@@ -208,9 +224,13 @@ class ReplayPlugin(SupervisedPlugin):
     # ------------------------------------------------------------------ iterations
     def before_forward(self, strategy, *args, **kwargs):
         self.replay_logits = None
-        self.batch = self.draw_replay(self.replay_mb_size, strategy.mb_x.shape[1:]) if self.active else None
-        if self.batch is not None:
-            self.last_replay = self.batch
+        self.batch = None
+        if self.active:
+            if self.replay_batches is None:
+                shape = strategy.mb_x.shape[1:]
+                self.replay_batches = ReplayChunks(lambda m: self.draw_replay(m, shape), self.replay_mb_size,
+                                                   self.replay_chunk, self.replay_total)
+            self.batch = self.last_replay = self.replay_batches.next()
 
     def before_backward(self, strategy, *args, **kwargs):
         if self.batch is None:
@@ -291,16 +311,20 @@ class CPVAEReplayPlugin(ReplayPlugin):
     :param class_balance: replay categories weighted so that the frozen classifier's labels of the
         replay are uniform over the classes seen so far (``semantics.balanced_category_weights``),
         instead of in proportion to q(c); ``balance_samples`` samples per category estimate their class mix.
+    :param stream_length: the number of experiences, when known: the generator is then not trained
+        after the last one (nothing replays from it). Without it, it is trained after every experience.
     Other keyword arguments are ``ReplayPlugin``'s.
     """
 
     def __init__(self, generator: nn.Module, *, num_classes: int, schedule: GeneratorSchedule | None = None,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), worker=None, writer=None,
-                 class_balance: bool = False, balance_samples: int = 200, **options) -> None:
+                 class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None,
+                 **options) -> None:
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         source = GeneratorReplay(generator, schedule or GeneratorSchedule(), lr=lr, betas=betas, writer=writer,
-                                 worker=worker, class_balance=class_balance, balance_samples=balance_samples)
+                                 worker=worker, class_balance=class_balance, balance_samples=balance_samples,
+                                 stream_length=stream_length)
         super().__init__(source, num_classes=num_classes, **options)
 
     @property

@@ -35,6 +35,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 from cl_replay.divergence import loss_is_finite
 
+from .config import REPLAY_CHUNK
 from .plugin import ReplayBatch, ReplayPlugin
 from .sources import NoReplay, ReplaySource
 from .streams import ExperienceTensors, extract_tensors
@@ -100,6 +101,7 @@ class ReplayStrategy(SupervisedTemplate):
     :param scenario: ``class`` or ``task``.
     :param task_classes: the classes of each task (experience), needed for ``task``.
     :param iterations: classifier iterations per experience.
+    :param replay_chunk: replay batches drawn and labelled at once (see ``ReplayPlugin``).
     :param replay_labels: ``hard`` or ``soft`` (distillation at ``distill_temperature``).
     :param tensor_source: ``dataset -> ExperienceTensors | None`` (e.g. ``ContinualStream.tensors``);
         datasets it does not know are read once through a DataLoader.
@@ -119,6 +121,7 @@ class ReplayStrategy(SupervisedTemplate):
         iterations: int = 2000,
         train_mb_size: int = 128,
         replay_mb_size: int = 128,
+        replay_chunk: int = REPLAY_CHUNK,
         eval_mb_size: int = 1000,
         replay_labels: str = "hard",
         distill_temperature: float = 2.0,
@@ -131,8 +134,8 @@ class ReplayStrategy(SupervisedTemplate):
     ) -> None:
         replay_plugin = ReplayPlugin(
             replay or NoReplay(), num_classes=num_classes, scenario=scenario, task_classes=task_classes,
-            replay_mb_size=replay_mb_size, replay_labels=replay_labels, distill_temperature=distill_temperature,
-            tensor_source=self.experience_tensors, device=device,
+            replay_mb_size=replay_mb_size, replay_chunk=replay_chunk, replay_labels=replay_labels,
+            distill_temperature=distill_temperature, tensor_source=self.experience_tensors, device=device,
         )
         replay_plugin.progress = progress
         kwargs = {} if evaluator is None else {"evaluator": evaluator}
@@ -220,6 +223,8 @@ class ReplayStrategy(SupervisedTemplate):
     def _after_training_exp(self, **kwargs):
         super()._after_training_exp(**kwargs)  # the replay plugin trains the generator here
         stats = self.replay_stats[-1]
+        if "iterations" in stats and self.timing:  # a generator: 0 iterations when it was not trained
+            self.timing[-1]["generator_iterations"] = stats["iterations"]
         if stats.get("wall_time_s") is not None and self.timing:
             self.timing[-1]["generator_wall_time_s"] = stats["wall_time_s"]
             self.timing[-1]["generator_ms_per_iteration"] = stats["ms_per_iteration"]

@@ -8,12 +8,16 @@ Run folder (default ``runs/<timestamp>-cl-<stream>-<generator>``):
   row, a fraction), ``average_forgetting`` (mean over j < T of max_{j<=i<T} A[i][j] - A[T][j];
   null with one row), ``per_class_accuracy`` (final classifier), ``wall_time_s`` (whole run,
   data loading and evaluation included), ``timing`` (per experience: classifier and generator
-  loop times and ms per iteration), ``generator`` statistics (q(c), losses), ``config``.
+  loop times and ms per iteration, the generator's iterations, 0 after the last experience unless
+  ``train_generator_after_last_experience``, and with a worker process the main process's wait
+  for it), ``generator`` statistics (q(c), losses), ``config``.
 * ``config.yaml`` (the flat configuration), ``log.txt`` (Avalanche ``TextLogger``),
   ``tensorboard/`` (Avalanche ``TensorboardLogger``: accuracy, loss, forgetting per experience
   and stream; generator losses, beta, temperature; replay images; the heat map),
-  ``replay_exp<i>.png`` (what the replay source holds after experience i), ``accuracy_matrix.png``,
-  ``checkpoint.pt`` (final classifier and generator weights) and ``resume.pt`` (everything needed to
+  ``replay_exp<i>.png`` (what the replay source holds after experience i: after the last one, the
+  generator as it was last trained), ``accuracy_matrix.png``, ``checkpoint.pt`` (final classifier
+  weights and the generator as last trained: after experience T - 1 unless
+  ``train_generator_after_last_experience``) and ``resume.pt`` (everything needed to
   go on, rewritten atomically after every experience: classifier, optimizers, generator, buffer,
   RNG states, accuracy rows, timings; ``cl-replay run --resume RUN_DIR``).
 """
@@ -165,7 +169,8 @@ def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, expe
     return report
 
 
-def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, device: torch.device, writer, batch_hook=None):
+def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, device: torch.device, writer,
+                  stream_length: int, batch_hook=None):
     from .generators import GeneratorSchedule, ReplayGenerator
     from .sources import BufferReplay, GeneratorReplay, NoReplay
 
@@ -189,11 +194,13 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
         temperature_iterations=cl.gen_temperature_iterations or iterations,
         temperature_restart=cl.gen_temperature_restart,
         aggregate_samples=cl.aggregate_samples,
+        replay_chunk=cl.replay_chunk,
         on_nan=cl.on_nan,
     )
     return GeneratorReplay(generator, schedule, lr=cl.gen_lr, betas=(cl.adam_beta1, cl.adam_beta2), writer=writer,
                            batch_hook=batch_hook, worker=worker, class_balance=cl.replay_balance == "class",
-                           balance_samples=cl.balance_samples)
+                           balance_samples=cl.balance_samples,
+                           stream_length=None if cl.train_generator_after_last_experience else stream_length)
 
 
 def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, stream=None,
@@ -255,19 +262,24 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
     image_shape = stream.image_shape
     classifier = MLPClassifier(input_dim, stream.num_classes, cl.fc_units, cl.fc_layers).to(device)
     optimizer = make_adam(classifier.parameters(), lr=cl.lr, betas=(cl.adam_beta1, cl.adam_beta2))
-    replay = _build_replay(cl, model_config, input_dim, device, tb_logger.writer, batch_hook)
 
     joint = cl.generator == "joint"
     T = stream.n_experiences
     iterations = (cl.joint_iterations or cl.iterations * T) if joint else cl.iterations
     train_experiences = [stream.joint()] if joint else list(stream.train_stream)
-    total = len(train_experiences) * (iterations + replay.extra_iterations())
+    replay = _build_replay(cl, model_config, input_dim, device, tb_logger.writer, len(train_experiences), batch_hook)
+
+    def work(experiences: int) -> int:  # iterations of the first ``experiences`` experiences (progress bar)
+        return sum(iterations + replay.extra_iterations(t) for t in range(1, experiences + 1))
+
+    total = work(len(train_experiences))
     progress = tqdm(total=total, desc=f"{cl.stream}/{cl.generator}", unit="it", mininterval=1.0,
                     disable=not cl.progress, dynamic_ncols=True)
     strategy = ReplayStrategy(
         model=classifier, optimizer=optimizer, replay=replay, num_classes=stream.num_classes,
         scenario=cl.scenario, task_classes=stream.experience_classes, iterations=iterations,
-        train_mb_size=cl.batch_size, replay_mb_size=cl.replay_batch_size, eval_mb_size=cl.eval_batch_size,
+        train_mb_size=cl.batch_size, replay_mb_size=cl.replay_batch_size, replay_chunk=cl.replay_chunk,
+        eval_mb_size=cl.eval_batch_size,
         replay_labels=cl.replay_labels, distill_temperature=cl.distill_temperature,
         tensor_source=stream.tensors, progress=progress, device=device, evaluator=evaluator, on_nan=cl.on_nan,
     )
@@ -282,7 +294,7 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
         matrix, eval_time, earlier_wall_time = saved["matrix"], saved["eval_time_s"], saved["wall_time_s"]
         category_semantics_rows = saved.get("category_semantics", [])
         set_rng_state(saved["rng"])
-        progress.update(len(matrix) * (iterations + replay.extra_iterations()))
+        progress.update(work(len(matrix)))
         echo(f"resuming after experience {len(matrix)}/{len(train_experiences)}")
     try:
         for i, experience in enumerate(train_experiences):

@@ -62,8 +62,8 @@ class ReplaySource:
         """Images of what will be replayed next (for the per-experience sample grids)."""
         return None
 
-    def extra_iterations(self) -> int:
-        """Iterations per experience this source runs besides the classifier's (progress bar)."""
+    def extra_iterations(self, t: int) -> int:
+        """Iterations this source runs in experience t (1-based) besides the classifier's (progress bar)."""
         return 0
 
     def state_dict(self) -> dict:
@@ -137,12 +137,17 @@ class GeneratorReplay(ReplaySource):
     With a ``worker`` (``strategies.worker.GeneratorWorker``) the generator's training for
     experience t runs in that process while the classifier trains on t (both only need the copy
     frozen at the end of t-1); ``end_experience`` waits for it and loads the new weights.
+
+    Given ``stream_length`` (the number of experiences), the generator is not trained after the
+    last one: nothing would replay from it. Without it the stream may go on, and the generator is
+    trained after every experience.
     """
 
     def __init__(self, generator: GeneratorCore, schedule: GeneratorSchedule, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), writer=None, batch_hook=None, worker=None,
-                 class_balance: bool = False, balance_samples: int = 200) -> None:
+                 class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None) -> None:
         self.generator = generator
+        self.stream_length = stream_length
         self.schedule = schedule
         self.class_balance = class_balance
         self.balance_samples = balance_samples
@@ -164,6 +169,10 @@ class GeneratorReplay(ReplaySource):
     def active(self, t: int) -> bool:
         return self.trained and t > 1
 
+    def trains_after(self, t: int) -> bool:
+        """Whether the generator is trained after experience t: unless t is the stream's last."""
+        return self.stream_length is None or t < self.stream_length
+
     def begin_experience(self, data, t, replay_total, classify=None, replay_classes=None):
         self.generator.to(data.x.device)
         self.balance_report = None
@@ -173,7 +182,7 @@ class GeneratorReplay(ReplaySource):
             if self.class_balance and self.previous.categorical and classify is not None and replay_classes:
                 weights = self._balanced_weights(classify, replay_classes)
             self.sampler = GeneratorReplaySampler(self.previous, replay_total, weights=weights)
-        if self.worker is not None:
+        if self.worker is not None and self.trains_after(t):
             self.worker.submit(data.x, t, self.schedule)
 
     def _balanced_weights(self, classify, replay_classes: list[int]) -> torch.Tensor:
@@ -206,7 +215,9 @@ class GeneratorReplay(ReplaySource):
         return self.sampler.sample(n), None, None
 
     def end_experience(self, data, t, progress=None):
-        if self.worker is None:
+        if not self.trains_after(t):
+            stats = {"experience": t, "iterations": 0}
+        elif self.worker is None:
             stats = train_generator(
                 self.generator, self.previous if t > 1 else None, data.x, t, self.state, self.schedule,
                 progress=progress, writer=self.writer, batch_hook=self.batch_hook,
@@ -220,7 +231,7 @@ class GeneratorReplay(ReplaySource):
             if self.writer is not None:
                 for tag, value, step in records:
                     self.writer.add_scalar(tag, value, step)
-        self.trained = True
+        self.trained = self.trained or self.trains_after(t)
         if self.sampler is not None and self.sampler.schedule is not None:
             stats["classifier_replay_category_counts"] = self.sampler.schedule.drawn.tolist()
         if self.balance_report is not None:
@@ -230,8 +241,8 @@ class GeneratorReplay(ReplaySource):
     def sample_grid(self, n: int = 100):
         return self.generator.sample_grid(n) if self.trained else None
 
-    def extra_iterations(self) -> int:
-        return self.schedule.iterations
+    def extra_iterations(self, t: int) -> int:
+        return self.schedule.iterations if self.trains_after(t) else 0
 
     def close(self):
         if self.worker is not None:

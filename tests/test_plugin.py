@@ -99,7 +99,7 @@ def test_plugin_and_replay_strategy_replay_the_same_categories_for_a_hand_set_q_
 @pytest.mark.parametrize("template", ["ewc", "lwf"])
 def test_plugin_runs_with_regularisation_templates(template: str):
     stream = synthetic_stream(2)
-    plugin = tiny_plugin(stream.num_classes, iterations=10, replay_labels="soft")
+    plugin = tiny_plugin(stream.num_classes, iterations=10, replay_labels="soft", stream_length=2)
     strategy = avalanche_template(template, stream, [plugin], epochs=1)
     losses = []
     original = plugin.before_backward
@@ -116,3 +116,4 @@ def test_plugin_runs_with_regularisation_templates(template: str):
     assert len(losses) == 16
     assert all(after == before for before, after in losses[:8])  # experience 1: nothing to replay
     assert all(after != before for before, after in losses[8:])  # experience 2: (L + L_replay) / 2
+    assert [s["iterations"] for s in plugin.stats] == [10, 0]  # a stream of 2: nothing replays after the last

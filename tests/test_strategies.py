@@ -21,6 +21,7 @@ from strategies.generators import (
     GeneratorReplaySampler,
     GeneratorSchedule,
     GeneratorState,
+    ReplayChunks,
     ReplayGenerator,
     make_adam,
     train_generator,
@@ -127,6 +128,39 @@ def test_replay_category_counts_follow_hand_set_q_c():
     assert int(seen[-1].sum()) == 8 and seen[-1][4] == 0  # the empty category is never replayed
     # Largest-remainder rounding when q(c) * n is not integral.
     assert generator.model.category_counts(10, torch.tensor([0.37, 0.33, 0.30])).tolist() == [4, 3, 3]
+
+
+def test_replay_drawn_in_chunks_keeps_the_categories_of_batch_by_batch_replay():
+    """A hand-set q(c): whatever the chunk, every served batch has the requested size and the
+    categories the schedule gives it batch by batch, so the experience's totals stay exactly those
+    of ``category_counts``, and the schedule is never drawn past the experience."""
+    generator = ReplayGenerator(build_model(tiny_model_config(categories=5)))
+    generator.model.aggregated_posterior.copy_(torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0]))
+    frozen = generator.frozen_copy()
+    original = frozen.model.sample_with_categories
+
+    def tagged(n, category=None, counts=None):  # every sample's first pixel says its category
+        x, c = original(n, category, counts)
+        x[:, 0] = c.to(x.dtype)
+        return x, c
+
+    frozen.model.sample_with_categories = tagged
+    batch, iterations = 16, 50
+    total = batch * iterations
+    per_batch = {}
+    for chunk in (1, 7, 50):  # 7 does not divide 50: the last chunk holds the one batch left
+        sampler = GeneratorReplaySampler(frozen, total, seed_generator=torch.Generator().manual_seed(3))
+        sizes = []
+        draw = lambda m: sizes.append(m) or sampler.sample(m)  # noqa: E731
+        chunks = ReplayChunks(draw, batch, chunk, total)
+        batches = [chunks.next() for _ in range(iterations)]
+        assert all(b.shape == (batch, DIM) for b in batches)
+        assert sizes == [batch * chunk] * (iterations // chunk) + [batch * (iterations % chunk)] * (iterations % chunk > 0)
+        per_batch[chunk] = torch.stack([torch.bincount(b[:, 0].long(), minlength=5) for b in batches])
+        assert sampler.schedule.drawn.tolist() == [400, 200, 100, 100, 0]
+    assert per_batch[1].sum(0).tolist() == [400, 200, 100, 100, 0]
+    assert torch.equal(per_batch[7], per_batch[1]) and torch.equal(per_batch[50], per_batch[1])
+    assert len({tuple(row.tolist()) for row in per_batch[1]}) > 1  # batches are random splits of the schedule
 
 
 def test_category_schedule_refills_and_is_random_within_batches():
@@ -250,7 +284,8 @@ def test_five_experience_run_writes_every_output(tmp_path):
     assert set(saved["per_class_accuracy"]) == set(stream.class_names)
     assert saved["config"]["generator"] == "cpvae" and saved["config"]["categories"] == 6
     assert saved["wall_time_s"] > 0 and len(saved["timing"]) == 5
-    assert all(t["generator_ms_per_iteration"] > 0 for t in saved["timing"])
+    assert [t["generator_iterations"] for t in saved["timing"]] == [6, 6, 6, 6, 0]  # none after the last
+    assert all(t["generator_ms_per_iteration"] > 0 for t in saved["timing"][:4])
     for i in range(1, 6):
         assert (run / f"replay_exp{i}.png").stat().st_size > 0
     assert (run / "accuracy_matrix.png").stat().st_size > 0
@@ -260,9 +295,32 @@ def test_five_experience_run_writes_every_output(tmp_path):
     assert results["final_average_accuracy"] == saved["final_average_accuracy"]
 
 
+def test_no_generator_training_after_the_last_experience_leaves_the_accuracies_as_they_are(tmp_path):
+    """Nothing replays from a generator trained after the last experience: by default it is not
+    trained, which leaves the accuracy matrix exactly as it was; the run keeps the generator of
+    the experience before (checkpoint, statistics)."""
+    stream = synthetic_stream(3)
+    results, replayed = {}, {}
+    for after_last in (True, False):
+        batches: list[bool] = []
+        cl = tiny_cl_config(tmp_path / str(after_last), iterations=6, train_generator_after_last_experience=after_last)
+        results[after_last] = run_experiment(cl, tiny_model_config(), stream=stream, echo=lambda *_: None,
+                                             batch_hook=lambda x, r: batches.append(r is not None))
+        replayed[after_last] = batches
+    assert results[False]["accuracy_matrix"] == results[True]["accuracy_matrix"]
+    assert replayed[True] == [False] * 6 + [True] * 12 and replayed[False] == [False] * 6 + [True] * 6
+    assert [t["generator_iterations"] for t in results[True]["timing"]] == [6, 6, 6]
+    assert [t["generator_iterations"] for t in results[False]["timing"]] == [6, 6, 0]
+    assert "generator_wall_time_s" not in results[False]["timing"][-1]
+    stats = results[False]["generator_stats"]
+    assert stats[1]["q_c"] == results[True]["generator_stats"][1]["q_c"] and stats[2]["iterations"] == 0
+    checkpoint = torch.load(tmp_path / "False" / "run" / "checkpoint.pt")
+    assert torch.allclose(checkpoint["generator"]["model.aggregated_posterior"], torch.tensor(stats[1]["q_c"]), atol=1e-5)
+
+
 def test_generator_worker_process_matches_the_in_process_protocol(tmp_path):
     stream = synthetic_stream(3)
-    cl = tiny_cl_config(tmp_path, iterations=8, parallel_generator=True)
+    cl = tiny_cl_config(tmp_path, iterations=8, parallel_generator=True, train_generator_after_last_experience=True)
     results = run_experiment(cl, tiny_model_config(), stream=stream, echo=lambda *_: None)
     stats = results["generator_stats"]
     assert [s["experience"] for s in stats] == [1, 2, 3]
