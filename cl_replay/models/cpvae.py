@@ -79,8 +79,15 @@ class CategoryConditionedGaussian(nn.Module):
     def forward(self, h: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters for category weights ``c`` (B, K) -> (B, D); for every one-hot category at once
         if c is None -> (B, K, D), or (B, 1, D) when the posterior ignores c."""
-        weight_h, weight_c = self.linear.weight[:, : self.hidden], self.linear.weight[:, self.hidden :]
-        base = F.linear(h, weight_h, self.linear.bias)
+        return self.from_base(self.base(h), c)
+
+    def base(self, h: torch.Tensor) -> torch.Tensor:
+        """A h + b, the part of the parameters every category shares: (B, 2D)."""
+        return F.linear(h, self.linear.weight[:, : self.hidden], self.linear.bias)
+
+    def from_base(self, base: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s parameters from ``base(h)``, which thus serves all categories and a drawn c alike."""
+        weight_c = self.linear.weight[:, self.hidden :]
         if weight_c.shape[1] == 0:
             params = base.unsqueeze(1) if c is None else base
         else:
@@ -153,12 +160,13 @@ class CPVAE(GenerativeModel):
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, log_pi = self.encode(x)
         pi = log_pi.exp()
-        mean_k, log_var_k = self.posterior(h)  # (B, K, D), or (B, 1, D) if q(z|x,c) = q(z|x)
+        base = self.posterior.base(h)
+        mean_k, log_var_k = self.posterior.from_base(base)  # (B, K, D), or (B, 1, D) if q(z|x,c) = q(z|x)
         if self.config.category_estimator == "exact":
             reconstruction = self._expected_reconstruction(x, pi, mean_k, log_var_k)
         else:
             c = F.gumbel_softmax(log_pi, tau=self.temperature, hard=not self.training)
-            mean, log_var = self.posterior(h, c)
+            mean, log_var = self.posterior.from_base(base, c)
             z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
             reconstruction = -self.likelihood.log_prob(x, self.decode(z, c))
         terms = {
