@@ -119,6 +119,10 @@ class LabelSpace:
             self.tasks_seen_before = sorted(set(self.tasks_seen))
             self.tasks_seen = sorted(set(self.tasks_seen) | set(self.class_to_task[classes].tolist()))
 
+    def seen_before_bias(self) -> torch.Tensor:
+        """(1, C): the classes seen before the current experience (the replay's labels)."""
+        return torch.where(self.seen_before, 0.0, MASK).unsqueeze(0)
+
     def active_bias(self) -> torch.Tensor:
         """(1, C): the classes seen so far."""
         return torch.where(self.seen, 0.0, MASK).unsqueeze(0)
@@ -246,7 +250,7 @@ class ReplayPlugin(SupervisedPlugin):
     def classify_replay(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """The frozen previous classifier's class (arg-max over the classes seen before this
         experience) of replayed inputs ``x``, flattened as the source returns them."""
-        old = torch.where(self.labels.seen_before, 0.0, MASK).unsqueeze(0)
+        old = self.labels.seen_before_bias()
         shape = self.current_data.x.shape[1:]
         return torch.cat([(self.previous_model(x[i : i + batch_size].reshape(-1, *shape)) + old).argmax(1)
                           for i in range(0, len(x), batch_size)])
@@ -267,7 +271,7 @@ class ReplayPlugin(SupervisedPlugin):
         prev_logits = None if use_stored else self.previous_model(x)
         labels = self.labels
         if labels.scenario == "class":
-            old = torch.where(labels.seen_before, 0.0, MASK).unsqueeze(0)
+            old = labels.seen_before_bias()
             heads = [(labels.active_bias(), y_stored if use_stored else self._targets(prev_logits, old))]
         elif t_stored is not None:  # stored task labels: one head per sample
             bias = labels.task_bias[t_stored]

@@ -22,7 +22,7 @@ import torch
 from .generator_core import GeneratorCore
 
 __all__ = ["CategorySemantics", "balanced_category_weights", "category_class_mix", "category_semantics",
-           "class_histogram_figure", "save_labelled_rows"]
+           "class_histogram_figure", "replay_class_histogram", "save_labelled_rows"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ def category_semantics(
     q = generator.q_c.detach().cpu().double()
     used, mix, x = category_class_mix(generator, predict, len(class_names), per_category, threshold)
     shares = q[used] / q[used].sum()
-    histogram = (shares[:, None] * mix[used]).sum(0)
+    histogram = replay_class_histogram(mix[used], shares)
     categories = []
     for k in used:
         majority = int(mix[k].argmax())
@@ -71,7 +71,7 @@ def category_semantics(
         for category, share in zip(categories, balanced.tolist()):
             category["balanced_share"] = share
         report["balanced_replay_class_histogram"] = {
-            name: float(p) for name, p in zip(class_names, (balanced[:, None] * mix[used]).sum(0))}
+            name: float(p) for name, p in zip(class_names, replay_class_histogram(mix[used], balanced))}
     by_category = x.view(-1, per_category, x.shape[-1]) if used else x.new_zeros(0, per_category, x.shape[-1])
     order = {k: i for i, k in enumerate(sorted(used))}  # sample_counts groups categories in index order
     rows = torch.stack([by_category[order[k], :per_row] for k in used]) if used else by_category[:, :per_row]
@@ -101,6 +101,11 @@ def category_class_mix(
     return used, mix / per_category, x
 
 
+def replay_class_histogram(mix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The replay's class histogram h_y = sum_k w_k P(y|c_k) / sum_k w_k for category weights w."""
+    return (weights.double() / weights.sum()) @ mix.double()
+
+
 def balanced_category_weights(mix: torch.Tensor, q: torch.Tensor, classes: list[int], iterations: int = 1000,
                               tolerance: float = 1e-4) -> torch.Tensor:
     """Category weights w whose replay class histogram h_y = sum_k w_k P(y|c_k) is uniform (u) over
@@ -110,8 +115,8 @@ def balanced_category_weights(mix: torch.Tensor, q: torch.Tensor, classes: list[
 
     the maximum-likelihood mixture weights of the uniform class distribution, found by EM started
     at w = q(c):  w_k <- w_k sum_y u_y P(y|c_k) / h_y. Its fixed points with h = u are exact
-    balance; started at q it keeps categories' relative weights within a class where balance
-    leaves them free, and categories with q_k = 0 stay unused. Classes no category produces are
+    balance; every update scales categories with the same class mix alike, so started at q they
+    keep their ratio from q, and categories with q_k = 0 stay unused. Classes no category produces are
     left out of u. Stops when max_y |h_y - u_y| < ``tolerance``."""
     mix, w = mix.double(), (q.double() / q.sum())
     columns = torch.as_tensor(classes, dtype=torch.long)

@@ -189,7 +189,7 @@ class GeneratorReplay(ReplaySource):
         """Class-balanced replay: category weights that make the replay's class histogram, as
         ``classify`` labels it, uniform over ``replay_classes`` (``semantics.balanced_category_weights``;
         each category's class mix estimated from ``balance_samples`` of its samples)."""
-        from .semantics import balanced_category_weights, category_class_mix
+        from .semantics import balanced_category_weights, category_class_mix, replay_class_histogram
 
         q = self.previous.q_c.detach().cpu()
         num_classes = max(replay_classes) + 1
@@ -199,9 +199,10 @@ class GeneratorReplay(ReplaySource):
         self.balance_report = {
             "samples_per_category": self.balance_samples,
             "category_weights": [round(v, 6) for v in weights.tolist()],
-            "replay_class_histogram_q": _histogram(mix, q, replay_classes),
-            "replay_class_histogram_balanced": _histogram(mix, weights, replay_classes),
         }
+        for name, w in (("q", q), ("balanced", weights)):
+            histogram = replay_class_histogram(mix, w)
+            self.balance_report[f"replay_class_histogram_{name}"] = {c: round(float(histogram[c]), 4) for c in replay_classes}
         return weights.to(self.previous.device)
 
     def poll_progress(self, progress):
@@ -265,9 +266,3 @@ class GeneratorReplay(ReplaySource):
         else:
             self._worker_state = {k: state[k] for k in ("optimizer", "iteration", "rng")}
             self.worker.restore(self.generator, **self._worker_state)
-
-
-def _histogram(mix: torch.Tensor, weights: torch.Tensor, classes: list[int]) -> dict[int, float]:
-    """The replay class histogram sum_k w_k P(y|c_k) / sum_k w_k over ``classes``, rounded for reports."""
-    histogram = (weights.double() / weights.sum()) @ mix.double()
-    return {c: round(float(histogram[c]), 4) for c in classes}
