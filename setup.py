@@ -17,6 +17,7 @@ setup(
         "avalanche-lib>=0.6",
         "numpy",
         "scipy",
+        "umap-learn>=0.5",
         "tensorboard",
         "click>=8",
         "pyyaml",

@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/out/synthetic")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prior-init", default="normal", choices=("normal", "kmeans"),
-                        help="CP-VAE categories: the paper's N(0, 0.1^2) means (default) or the k-means restart.")
+    parser.add_argument("--prior-init", default="normal", choices=("normal", "kmeans", "umap"),
+                        help="CP-VAE categories: the paper's N(0, 0.1^2) means (default), or the k-means or UMAP restart.")
     args = parser.parse_args()
     out = Path(args.out)
     generator = torch.Generator().manual_seed(args.seed)

@@ -26,8 +26,10 @@ class ModelConfig:
     category_estimator: str = "gumbel"
     decoder_sees_category: bool = True
     posterior_sees_category: bool = True
-    prior_init: str = "kmeans"
+    prior_init: str = "umap"
     prior_init_epoch: int = 5
+    category_anchor_weight: float = 1.0
+    category_anchor_until: int = 100
     category_balance_weight: float = 0.0
     category_balance_epochs: int = 100
     flow_layers: int = 6

@@ -107,8 +107,11 @@ def test_every_parameter_of_every_variant_gets_a_gradient(variant):
     model = small_cpvae(**VARIANTS[variant])
     loss, _ = model.loss(torch.rand(64, 12).bernoulli(), beta=1.0)
     loss.backward()
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    assert all(name.startswith("category_anchor.") for name in frozen)  # the restart's frozen q_0(c|x) only
     for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        if name not in frozen:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     assert (model.prior.mean.grad.abs().sum(1) > 0).all()
     assert (model.prior.log_std.grad.abs().sum(1) > 0).all()
 
@@ -155,10 +158,11 @@ def separated_clusters(n_per: int = 300, clusters: int = 4, dim: int = 64, flip:
     return (prototypes[labels] + noise.float()) % 2, labels
 
 
-def test_kmeans_initialisation_puts_one_category_on_each_cluster():
+@pytest.mark.parametrize("prior_init", ["kmeans", "umap"])
+def test_data_dependent_initialisation_puts_one_category_on_each_cluster(prior_init):
     torch.manual_seed(0)
     x, labels = separated_clusters()
-    model = small_cpvae(input_dim=64, latent_dim=8, hidden=32, categories=4)
+    model = small_cpvae(input_dim=64, latent_dim=8, hidden=32, categories=4, prior_init=prior_init)
     with torch.no_grad():
         h, log_pi = model.encode(x)
         means = (log_pi.exp().unsqueeze(-1) * model.posterior(h)[0]).sum(1)
@@ -169,6 +173,26 @@ def test_kmeans_initialisation_puts_one_category_on_each_cluster():
     assert accuracy > 0.98  # even an untrained encoder separates prototypes this far apart
     for k in range(4):  # each prior mean is the centroid of the posterior means of its cluster
         torch.testing.assert_close(model.prior.mean[k], means[categories == k].mean(0), atol=0.05, rtol=0)
+
+
+def parallel_strips(n_per: int = 500, length: float = 10.0, gap: float = 1.0, seed: int = 0):
+    """Two long, thin, parallel strips in the plane, ``gap`` apart: k-means' lowest distortion cuts
+    both across the middle; their neighbourhood graphs do not touch."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(2).repeat_interleave(n_per)
+    along = torch.rand(2 * n_per, generator=generator) * length
+    across = labels * gap + 0.05 * torch.randn(2 * n_per, generator=generator)
+    return torch.stack([along, across], 1).double().numpy(), labels.numpy()
+
+
+def test_umap_partition_separates_clusters_that_kmeans_cuts_across():
+    from cl_replay.models.cpvae import best_kmeans, umap_partition
+
+    points, labels = parallel_strips()
+    kmeans_accuracy, _ = cluster_accuracy(best_kmeans(points, 2, 10, 0)[1], labels)
+    umap_accuracy, _ = cluster_accuracy(umap_partition(points, 2, seed=0), labels)
+    assert kmeans_accuracy < 0.7
+    assert umap_accuracy > 0.99
 
 
 def test_initialisation_from_a_given_partition():
@@ -187,6 +211,37 @@ def test_initialisation_from_a_given_partition():
     assert float((model.categorize(x) == partition).float().mean()) > 0.98
     for k in range(4):
         torch.testing.assert_close(model.prior.mean[k], means[partition == k].mean(0))
+
+
+def test_category_anchor_holds_the_restart_partition_in_its_epochs_only():
+    """The anchor is the encoder and head frozen right after the restart; from the restart to the
+    end of epoch ``category_anchor_until`` the loss adds
+    w * CE(q(c|x), argmax q_0(c|x)) (checked with torch.distributions), never part of neg_elbo."""
+    torch.manual_seed(0)
+    x, _ = separated_clusters(n_per=50, dim=12)
+    model = small_cpvae(prior_init="kmeans", prior_init_epoch=2, category_anchor_weight=3.0, category_anchor_until=4)
+    assert not any(p.requires_grad for p in model.category_anchor.parameters())
+    model.start_epoch(1)
+    assert "penalty_category_anchor" not in model.elbo_terms(x)  # before the restart
+    model.end_epoch(2, lambda: x)
+    with torch.no_grad():
+        anchor_labels = model.categorize(x)  # the restart's q(c|x), which the anchor froze
+        torch.testing.assert_close(model.category_anchor(x).argmax(-1), anchor_labels)
+    with torch.no_grad():  # the model moves on; the anchor does not
+        model.category_logits.weight.add_(torch.randn_like(model.category_logits.weight))
+    for epoch in (2, 3):  # 0-based: the two epochs after the restart at the end of epoch 2 (1-based)
+        model.start_epoch(epoch)
+        loss, logged = model.loss(x)
+        expected = -3.0 * Categorical(logits=model.encode(x)[1]).log_prob(anchor_labels).mean()
+        torch.testing.assert_close(logged["penalty_category_anchor"], expected)
+        torch.testing.assert_close(loss, logged["neg_elbo"] + expected)
+    model.start_epoch(4)
+    assert "penalty_category_anchor" not in model.elbo_terms(x)
+    model.start_epoch(3)
+    assert "penalty_category_anchor" not in model.eval().elbo_terms(x)
+    restored = small_cpvae(prior_init="kmeans", prior_init_epoch=2, category_anchor_weight=3.0, category_anchor_until=4)
+    restored.load_state_dict(model.state_dict())  # a resumed run keeps its anchor
+    torch.testing.assert_close(restored.category_anchor(x), model.category_anchor(x))
 
 
 def test_kmeans_initialisation_runs_once_at_its_epoch():
@@ -210,8 +265,8 @@ def test_evaluation_of_a_shared_posterior_variant_is_a_bound():
 
 
 def test_default_recipe_finds_the_modes_of_a_synthetic_mixture(tmp_path):
-    """The default CP-VAE recipe (``ModelConfig`` defaults: Gumbel-softmax, k-means restart of the
-    categories after ``prior_init_epoch`` epochs) trained by the real trainer puts each of six
+    """The default CP-VAE recipe (``ModelConfig`` defaults: Gumbel-softmax, UMAP restart of the
+    categories after ``prior_init_epoch`` epochs, held by the anchor) trained by the real trainer puts each of six
     well-separated clusters into its own category."""
     from cl_replay.trainer import TrainConfig, Trainer
 
@@ -220,7 +275,7 @@ def test_default_recipe_finds_the_modes_of_a_synthetic_mixture(tmp_path):
     permutation = torch.randperm(len(labels))
     x, labels = x[permutation], labels[permutation]
     defaults = ModelConfig()
-    assert (defaults.category_estimator, defaults.prior_init) == ("gumbel", "kmeans")
+    assert (defaults.category_estimator, defaults.prior_init, defaults.category_anchor_weight) == ("gumbel", "umap", 1.0)
     config = ModelConfig(input_dim=64, latent_dim=8, hidden=64, categories=6)
     model = CPVAE(config)
     trainer = Trainer(model, TrainConfig(epochs=config.prior_init_epoch + 3, warmup=5, batch_size=100, is_samples=0),

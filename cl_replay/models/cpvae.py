@@ -15,8 +15,14 @@ both KL terms in closed form. Variants (``ModelConfig`` keys, compared in docs/c
 * ``decoder_sees_category``: p(x|z,c) = d([z; c]) (the paper's code) or p(x|z) = d(z) (GMVAE).
 * ``posterior_sees_category``: q(z|x,c) affine in [h; c], or q(z|x,c) = q(z|x) shared by every
   category (the paper's eq. 6 writes m and s as functions of x and pi(x) only).
-* ``prior_init``: ``normal`` draws mu_k ~ N(0, 0.1^2 I); ``kmeans`` re-initialises the categories
-  after ``prior_init_epoch`` epochs from k-means on the posterior means (``initialise_categories``).
+* ``prior_init``: ``normal`` draws mu_k ~ N(0, 0.1^2 I); ``kmeans`` and ``umap`` re-initialise the
+  categories after ``prior_init_epoch`` epochs from a partition of the posterior means
+  (``initialise_categories``): k-means on the means themselves, or a Gaussian mixture on their
+  UMAP embedding (``umap_partition``).
+* ``category_anchor_weight``: from that restart to the end of epoch ``category_anchor_until`` only
+  (by default the end of the paper's 100-epoch KL warm-up), a penalty w * CE(q(c|x), argmax q_0(c|x)) that holds q(c|x) to the restart's partition, q_0 being
+  the encoder and category head frozen right after the restart; it is never part of the reported
+  ELBO. Without it the partition drifts during the KL warm-up while the latent space reorganises.
 * ``category_balance_weight``: during the first ``category_balance_epochs`` epochs only, a penalty
   w * KL(mean_batch q(c|x) || Uniform(K)) against collapse onto few categories; it is never part
   of the reported ELBO.
@@ -43,7 +49,7 @@ from .base import GenerativeModel, ModelConfig
 
 ESTIMATORS = ("gumbel", "exact")
 TEMPERATURE_SCHEDULES = ("exponential", "reference")
-PRIOR_INITS = ("normal", "kmeans")
+PRIOR_INITS = ("normal", "kmeans", "umap")
 
 
 def best_kmeans(points: np.ndarray, k: int, restarts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +68,24 @@ def best_kmeans(points: np.ndarray, k: int, restarts: int, seed: int) -> tuple[n
     if best is None:
         raise ValueError(f"k-means left a cluster empty in all {restarts} restarts: fewer distinct points than K = {k}?")
     return best
+
+
+def umap_partition(points: np.ndarray, k: int, seed: int, neighbours: int = 30, dimensions: int = 10) -> np.ndarray:
+    """Labels of a K-component, full-covariance Gaussian mixture (scikit-learn) fitted to a
+    ``dimensions``-dimensional UMAP embedding (McInnes et al. 2018; ``neighbours`` nearest
+    neighbours, min_dist 0) of ``points``. The embedding keeps the neighbourhood graph of the
+    points and pulls its densely connected parts together, so that clusters which k-means on the
+    points themselves would cut across come out as separate blobs (N2D, McConville et al. 2020)."""
+    import warnings
+
+    import umap
+    from sklearn.mixture import GaussianMixture
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
+        embedding = umap.UMAP(n_components=dimensions, n_neighbors=neighbours, min_dist=0.0,
+                              random_state=seed).fit_transform(points)
+    return GaussianMixture(k, covariance_type="full", random_state=seed).fit_predict(embedding)
 
 
 class CategoryConditionedGaussian(nn.Module):
@@ -121,6 +145,11 @@ class CPVAE(GenerativeModel):
         self.prior = ConditionalGaussianPrior(categories, latent)
         self.likelihood = make_likelihood(config.likelihood, config.input_dim)
         self.register_buffer("aggregated_posterior", torch.full((categories,), 1.0 / categories))
+        # q_0(c|x) of the restart, frozen; a submodule so that checkpoints keep it.
+        self.category_anchor = None
+        if config.category_anchor_weight > 0 and config.prior_init != "normal" and self.category_logits is not None:
+            self.category_anchor = nn.Sequential(gated_mlp(config.input_dim, hidden), glorot_linear(hidden, categories))
+            self.category_anchor.requires_grad_(False)
         self.temperature = config.temperature_start
         self.epoch = 0
 
@@ -174,10 +203,21 @@ class CPVAE(GenerativeModel):
             "kl_c": categorical_kl_uniform(log_pi),
             "kl_z": (pi * self.prior.kl(mean_k, log_var_k)).sum(-1),
         }
+        if self.training and self._anchored():
+            with torch.no_grad():
+                anchor_labels = self.category_anchor(x).argmax(-1)
+            penalty = F.nll_loss(log_pi, anchor_labels, reduction="none") * self.config.category_anchor_weight
+            terms["penalty_category_anchor"] = penalty
         if self.training and self.config.category_balance_weight > 0 and self.epoch < self.config.category_balance_epochs:
             penalty = categorical_kl_uniform(pi.mean(0).log()) * self.config.category_balance_weight
             terms["penalty_category_balance"] = penalty.expand(x.shape[0])
         return terms
+
+    def _anchored(self) -> bool:
+        """Whether this epoch lies between the restart of the categories (at the end of 1-based epoch
+        ``prior_init_epoch``) and the end of 1-based epoch ``category_anchor_until``; ``self.epoch`` is 0-based."""
+        c = self.config
+        return self.category_anchor is not None and c.prior_init_epoch <= self.epoch < c.category_anchor_until
 
     def _expected_reconstruction(
         self, x: torch.Tensor, pi: torch.Tensor, mean_k: torch.Tensor, log_var_k: torch.Tensor
@@ -211,8 +251,8 @@ class CPVAE(GenerativeModel):
         return log_w.permute(1, 0, 2).reshape(x.shape[0], -1)
 
     def end_epoch(self, epoch: int, training_inputs: Callable[[], torch.Tensor]) -> dict[str, float]:
-        """After epoch ``prior_init_epoch``, with ``prior_init = kmeans``: ``initialise_categories``."""
-        if self.config.prior_init == "kmeans" and epoch == self.config.prior_init_epoch and self.categories > 1:
+        """After epoch ``prior_init_epoch``, with ``prior_init`` kmeans or umap: ``initialise_categories``."""
+        if self.config.prior_init != "normal" and epoch == self.config.prior_init_epoch and self.categories > 1:
             return self.initialise_categories(training_inputs())
         return {}
 
@@ -222,10 +262,12 @@ class CPVAE(GenerativeModel):
     ) -> dict[str, float]:
         """Data-dependent restart of the categories (VaDE's route, Jiang et al. 2017):
 
-        1. k-means with K clusters on the posterior means m(x) = sum_k q(c_k|x) m(h(x), c_k) of the
-           data ``x`` (``best_kmeans``: the lowest distortion of ``restarts`` k-means++ runs), or
-           the partition ``labels`` (values in 0..K-1) when given, with centroids its group means
-           (``benchmarks/clustering_oracle.py`` starts from the true classes this way);
+        1. a partition of the posterior means m(x) = sum_k q(c_k|x) m(h(x), c_k) of the data ``x``
+           into K groups: with ``prior_init = kmeans`` k-means (``best_kmeans``: the lowest
+           distortion of ``restarts`` k-means++ runs), with ``umap`` a Gaussian mixture on their
+           UMAP embedding (``umap_partition``); or the partition ``labels`` (values in 0..K-1) when
+           given (``benchmarks/clustering_oracle.py`` starts from the true classes this way).
+           The centroids are the groups' means;
         2. p(z|c_k) = N(centroid_k, diag(within-cluster variance_k + mean posterior variance));
         3. q(c|x): the category head alone is fitted to the cluster labels by ``fit_steps`` Adam
            steps of cross-entropy on the frozen encoder features.
@@ -244,16 +286,19 @@ class CPVAE(GenerativeModel):
                 variances.append((weights * log_var_k.exp()).sum(1))
             h, means, posterior_variance = torch.cat(features), torch.cat(means), torch.cat(variances).mean(0)
         if labels is None:
-            centroids, labels = best_kmeans(means.double().cpu().numpy(), self.categories, restarts, seed)
-            centroids = torch.as_tensor(centroids, dtype=means.dtype)
-            labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
-        else:
-            labels = labels.to(x.device)
-            centroids = torch.stack([means[labels == k].mean(0) for k in range(self.categories)])
+            points = means.double().cpu().numpy()
+            if self.config.prior_init == "umap":
+                labels = umap_partition(points, self.categories, seed)
+            else:
+                labels = best_kmeans(points, self.categories, restarts, seed)[1]
+            labels = torch.as_tensor(labels, dtype=torch.long)
+        labels = labels.to(x.device)
         with torch.no_grad():
-            self.prior.mean.copy_(centroids)
             for k in range(self.categories):
                 members = means[labels == k]
+                if members.shape[0] == 0:  # an empty group leaves its category as it was
+                    continue
+                self.prior.mean[k].copy_(members.mean(0))
                 spread = members.var(0, unbiased=False) if members.shape[0] > 1 else torch.zeros_like(posterior_variance)
                 self.prior.log_std[k].copy_(0.5 * (spread + posterior_variance).clamp_min(1e-4).log())
         optimizer = torch.optim.Adam(self.category_logits.parameters(), lr=1e-2)
@@ -266,6 +311,9 @@ class CPVAE(GenerativeModel):
             optimizer.step()
         with torch.no_grad():
             agreement = float((self.category_logits(h).argmax(-1) == labels).float().mean())
+            if self.category_anchor is not None:
+                self.category_anchor[0].load_state_dict(self.encoder.state_dict())
+                self.category_anchor[1].load_state_dict(self.category_logits.state_dict())
         self.train(was_training)
         largest = float(torch.bincount(labels, minlength=self.categories).max()) / labels.shape[0]
         return {"init/largest_cluster_share": largest, "init/head_agreement": agreement}
