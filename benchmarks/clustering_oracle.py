@@ -17,9 +17,10 @@ k-means start is what limits the cluster accuracy), or one it moves away from.
 ``--probe RUN_DIR`` asks the other half of the question on a trained CP-VAE run (its
 ``checkpoints/last.pt``): how well does k-means (best of 5 k-means++ runs, as the restart uses)
 cluster the validation images' posterior means, encoder features, their first 10 principal
-components and the standardised posterior means into 10 clusters (Hungarian accuracy), and how
-pure are 50 k-means clusters of the posterior means (share of images in their cluster's majority
-class)?
+components and the standardised posterior means into 10 clusters (Hungarian accuracy), how well
+does the restart of ``prior_init: umap`` (a Gaussian mixture on a UMAP embedding of the posterior
+means) partition them, and how pure are 50 k-means clusters of the posterior means (share of
+images in their cluster's majority class)?
 
     python benchmarks/clustering_oracle.py --probe ~/runs/full/cpvae-mnist-s0 --data-root ../shared/datasets
 
@@ -61,7 +62,7 @@ def kmeans_probe(run_dir: Path, data_root: str | None) -> dict[str, float]:
     images, its own argmax q(c|x) accuracy, and the purity of 50 k-means clusters."""
     from cl_replay.evaluation import cluster_accuracy
     from cl_replay.models import build_model
-    from cl_replay.models.cpvae import best_kmeans
+    from cl_replay.models.cpvae import best_kmeans, umap_partition
     from cl_replay.trainer import load_checkpoint
 
     model_config, train_config = build_configs(read_yaml(run_dir / "config.yaml"), ModelConfig, TrainConfig,
@@ -82,6 +83,8 @@ def kmeans_probe(run_dir: Path, data_root: str | None) -> dict[str, float]:
     report = {"epoch": state["epoch"], "argmax q(c|x)": cluster_accuracy(log_pi.argmax(1).numpy(), y)[0]}
     for name, features in representations.items():
         report[f"k-means on {name}"] = cluster_accuracy(best_kmeans(features.double().numpy(), 10, 5, 0)[1], y)[0]
+    report["Gaussian mixture on the UMAP embedding of the posterior means (prior_init: umap)"] = cluster_accuracy(
+        umap_partition(means.double().numpy(), 10, seed=0), y)[0]
     labels = best_kmeans(means.double().numpy(), 50, 5, 0)[1]
     report["purity of 50 k-means clusters"] = sum(
         int(np.bincount(y[labels == j]).max()) for j in set(labels.tolist())) / len(y)
@@ -90,7 +93,7 @@ def kmeans_probe(run_dir: Path, data_root: str | None) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="a clustering config (prior_init: kmeans), e.g. configs/clustering/gumbel_kmeans.yaml")
+    parser.add_argument("--config", help="a clustering config with a restart (prior_init: kmeans or umap), e.g. configs/clustering/gumbel_kmeans.yaml")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="run folder")
     parser.add_argument("--resume", type=Path, help="continue the run in this folder")
@@ -107,8 +110,8 @@ def main() -> None:
     if args.data_root:
         values["data_root"] = args.data_root
     model_config, train_config = build_configs(values, ModelConfig, TrainConfig, source=str(args.config or run_dir))
-    if model_config.model != "cpvae" or model_config.prior_init != "kmeans":
-        parser.error("the config must train a cpvae with prior_init: kmeans (the restart this script replaces)")
+    if model_config.model != "cpvae" or model_config.prior_init == "normal":
+        parser.error("the config must train a cpvae with a restart, prior_init: kmeans or umap (the restart this script replaces)")
     splits = load_dataset(train_config.dataset, train_config.data_root, download=train_config.download)
     if int(splits.train.y.max()) >= model_config.categories:
         parser.error(f"K = {model_config.categories} categories cannot hold {int(splits.train.y.max()) + 1} classes")

@@ -223,6 +223,8 @@ def test_category_anchor_holds_the_restart_partition_in_its_epochs_only():
     assert not any(p.requires_grad for p in model.category_anchor.parameters())
     model.start_epoch(1)
     assert "penalty_category_anchor" not in model.elbo_terms(x)  # before the restart
+    model.start_epoch(3)
+    assert "penalty_category_anchor" not in model.elbo_terms(x)  # in its epochs, but no restart has set it
     model.end_epoch(2, lambda: x)
     with torch.no_grad():
         anchor_labels = model.categorize(x)  # the restart's q(c|x), which the anchor froze

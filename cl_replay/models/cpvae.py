@@ -150,6 +150,7 @@ class CPVAE(GenerativeModel):
         if config.category_anchor_weight > 0 and config.prior_init != "normal" and self.category_logits is not None:
             self.category_anchor = nn.Sequential(gated_mlp(config.input_dim, hidden), glorot_linear(hidden, categories))
             self.category_anchor.requires_grad_(False)
+            self.register_buffer("category_anchor_set", torch.tensor(False))  # True once a restart has set it
         self.temperature = config.temperature_start
         self.epoch = 0
 
@@ -214,10 +215,13 @@ class CPVAE(GenerativeModel):
         return terms
 
     def _anchored(self) -> bool:
-        """Whether this epoch lies between the restart of the categories (at the end of 1-based epoch
-        ``prior_init_epoch``) and the end of 1-based epoch ``category_anchor_until``; ``self.epoch`` is 0-based."""
+        """Whether a restart has set the anchor and this epoch lies between the restart (at the end of
+        1-based epoch ``prior_init_epoch``) and the end of 1-based epoch ``category_anchor_until``;
+        ``self.epoch`` is 0-based. A model trained without restarts (continual learning, whose
+        generator sets the epoch from its iteration count) is never anchored."""
         c = self.config
-        return self.category_anchor is not None and c.prior_init_epoch <= self.epoch < c.category_anchor_until
+        return (self.category_anchor is not None and bool(self.category_anchor_set)
+                and c.prior_init_epoch <= self.epoch < c.category_anchor_until)
 
     def _expected_reconstruction(
         self, x: torch.Tensor, pi: torch.Tensor, mean_k: torch.Tensor, log_var_k: torch.Tensor
@@ -314,6 +318,7 @@ class CPVAE(GenerativeModel):
             if self.category_anchor is not None:
                 self.category_anchor[0].load_state_dict(self.encoder.state_dict())
                 self.category_anchor[1].load_state_dict(self.category_logits.state_dict())
+                self.category_anchor_set.fill_(True)
         self.train(was_training)
         largest = float(torch.bincount(labels, minlength=self.categories).max()) / labels.shape[0]
         return {"init/largest_cluster_share": largest, "init/head_agreement": agreement}
