@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from scipy.cluster.vq import ClusterError, kmeans2
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..distributions import categorical_kl_uniform, gaussian_log_prob
 from ..layers import glorot_linear, gated_mlp
@@ -291,6 +292,8 @@ class CPVAE(GenerativeModel):
             h, means, posterior_variance = torch.cat(features), torch.cat(means), torch.cat(variances).mean(0)
         if labels is None:
             points = means.double().cpu().numpy()
+            tqdm.write(f"restarting the {self.categories} categories from a {self.config.prior_init} partition of "
+                       f"{len(points)} posterior means" + (" (UMAP: minutes on a CPU)" if self.config.prior_init == "umap" else ""))
             if self.config.prior_init == "umap":
                 labels = umap_partition(points, self.categories, seed)
             else:
