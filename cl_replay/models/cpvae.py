@@ -221,8 +221,8 @@ class CPVAE(GenerativeModel):
         ``self.epoch`` is 0-based. A model trained without restarts (continual learning, whose
         generator sets the epoch from its iteration count) is never anchored."""
         c = self.config
-        return (self.category_anchor is not None and bool(self.category_anchor_set)
-                and c.prior_init_epoch <= self.epoch < c.category_anchor_until)
+        return (self.category_anchor is not None and c.prior_init_epoch <= self.epoch < c.category_anchor_until
+                and bool(self.category_anchor_set))
 
     def _expected_reconstruction(
         self, x: torch.Tensor, pi: torch.Tensor, mean_k: torch.Tensor, log_var_k: torch.Tensor
