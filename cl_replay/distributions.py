@@ -42,6 +42,23 @@ def categorical_kl_uniform(log_probs: torch.Tensor) -> torch.Tensor:
     return (log_probs.exp() * log_probs).sum(-1) + math.log(num_categories)
 
 
+def gumbel_softmax_sample(logits: torch.Tensor, temperature: float, hard: bool = False) -> torch.Tensor:
+    """A relaxed one-hot sample c = softmax((logits + g) / tau), g_k ~ Gumbel(0, 1) i.i.d. (Jang et al.
+    2017; CP-VAE eq. 11), computed as exp of the log-space sample y - logsumexp(y), the reparameterised
+    draw of torch.distributions' ``RelaxedOneHotCategorical``. ``hard`` returns the one-hot of its
+    arg-max (an exact draw from Cat(softmax(logits)), no gradient).
+
+    Unlike ``F.gumbel_softmax``, whose softmax backward depends on the number of CPU threads in the
+    last bits, every operation here gives the same bits on 1 or 2 threads, so a generator may change
+    its thread count mid-training without changing the run.
+    """
+    gumbels = -torch.empty_like(logits).exponential_().log()
+    scores = (logits + gumbels) / temperature
+    if hard:
+        return F.one_hot(scores.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    return (scores - scores.logsumexp(-1, keepdim=True)).exp()
+
+
 def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log Bernoulli(x | sigmoid(logits)) summed over the last dimension (x may be grey: a cross-entropy)."""
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)

@@ -42,7 +42,7 @@ from scipy.cluster.vq import ClusterError, kmeans2
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributions import categorical_kl_uniform, gaussian_log_prob
+from ..distributions import categorical_kl_uniform, gaussian_log_prob, gumbel_softmax_sample
 from ..layers import glorot_linear, gated_mlp
 from ..likelihoods import make_likelihood
 from ..priors import ConditionalGaussianPrior
@@ -196,7 +196,7 @@ class CPVAE(GenerativeModel):
         if self.config.category_estimator == "exact":
             reconstruction = self._expected_reconstruction(x, pi, mean_k, log_var_k)
         else:
-            c = F.gumbel_softmax(log_pi, tau=self.temperature, hard=not self.training)
+            c = gumbel_softmax_sample(log_pi, self.temperature, hard=not self.training)
             mean, log_var = self.posterior.from_base(base, c)
             z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
             reconstruction = -self.likelihood.log_prob(x, self.decode(z, c))
