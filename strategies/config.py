@@ -33,7 +33,10 @@ class CLConfig:
     plus 128 replayed, Adam lr 1e-3 betas (0.9, 0.999), classifier 784-400-400-C ReLU; the
     generator is trained on the same schedule. ``gen_*`` values of 0 mean "same as the classifier's".
     Replay is generated (and labelled) ``replay_chunk`` batches at a time; the generator is not
-    trained after the last experience unless ``train_generator_after_last_experience``.
+    trained after the last experience unless ``train_generator_after_last_experience``. With
+    ``parallel_generator`` the generator trains in a worker process beside the classifier, each on
+    ``threads`` torch threads; with ``pool_threads`` the process still working takes the waiting
+    one's threads too (same results bit for bit, less wall time).
     """
 
     stream: str = "split_mnist"
@@ -73,6 +76,7 @@ class CLConfig:
     out: str = ""
     threads: int = 1
     parallel_generator: bool = True
+    pool_threads: bool = True
     progress: bool = True
     download: bool = True
     on_nan: str = "stop"

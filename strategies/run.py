@@ -184,7 +184,8 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
     if cl.parallel_generator and device.type == "cpu" and batch_hook is None:
         from .worker import GeneratorWorker
 
-        worker = GeneratorWorker(generator, config, cl.gen_lr, (cl.adam_beta1, cl.adam_beta2), cl.seed + 1)
+        worker = GeneratorWorker(generator, config, cl.gen_lr, (cl.adam_beta1, cl.adam_beta2), cl.seed + 1,
+                                 threads=max(1, cl.threads))
     iterations = cl.gen_iterations or cl.iterations
     schedule = GeneratorSchedule(
         iterations=iterations,
@@ -200,7 +201,8 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
     return GeneratorReplay(generator, schedule, lr=cl.gen_lr, betas=(cl.adam_beta1, cl.adam_beta2), writer=writer,
                            batch_hook=batch_hook, worker=worker, class_balance=cl.replay_balance == "class",
                            balance_samples=cl.balance_samples,
-                           stream_length=None if cl.train_generator_after_last_experience else stream_length)
+                           stream_length=None if cl.train_generator_after_last_experience else stream_length,
+                           pooled_threads=2 * cl.threads if cl.pool_threads and worker is not None else 0)
 
 
 def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, stream=None,

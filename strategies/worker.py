@@ -8,6 +8,12 @@ same procedure as training them in sequence; only the wall time changes (about m
 sum). The worker is started with ``spawn`` (fork after OpenMP/MKL initialisation is unsafe) and
 imports only ``generator_core`` and the model registry, not Avalanche.
 
+While one of the two processes waits, the other may use its core too: the main process grants the
+worker more threads while it waits for the worker's result (``grant_threads``), and takes them
+itself while no job of the worker runs (``GeneratorReplay(pooled_threads=...)``). The worker picks
+up a grant between two iterations. Every operation of the generators' training gives the same bits
+on any number of threads (the tests check it), so this changes the wall time, not the run.
+
 Messages are bytes produced by ``torch.save`` (robust, no shared-memory file descriptors). After
 every job the worker reports its optimizer state, iteration count and RNG state, so a run can save
 them and a resumed run can ``restore`` a fresh worker to exactly that point. A worker whose parent
@@ -50,14 +56,32 @@ class _ListWriter:
         return records
 
 
-class _CounterProgress:
-    """``progress.update(n)`` into a shared counter the main process reads."""
+class _SharedProgress:
+    """``progress.update(n)``, called once per generator iteration: counts into a shared counter the
+    main process reads, and takes up the number of threads the main process grants."""
 
-    def __init__(self, counter) -> None:
+    def __init__(self, counter, threads) -> None:
         self.counter = counter
+        self.threads = threads
+        self.iterations = 0  # of the current job
+        self.thread_changes: list[tuple[int, int]] = []  # (iterations done, threads from then on) in the job
+        self.follow_grant()
+
+    def start_job(self) -> None:
+        self.iterations = 0
+        self.follow_grant()
+        self.thread_changes = [(0, torch.get_num_threads())]
+
+    def follow_grant(self) -> None:
+        granted = int(self.threads.value)
+        if granted != torch.get_num_threads():
+            torch.set_num_threads(granted)
+            self.thread_changes.append((self.iterations, granted))
 
     def update(self, n: int = 1) -> None:
         self.counter.value += n
+        self.iterations += n
+        self.follow_grant()
 
 
 def _next_request(requests):
@@ -71,9 +95,8 @@ def _next_request(requests):
                 return None
 
 
-def _worker_main(requests, replies, counter, init_blob: bytes) -> None:
+def _worker_main(requests, replies, counter, threads, init_blob: bytes) -> None:
     try:
-        torch.set_num_threads(1)
         torch.set_flush_denormal(True)
         from cl_replay.divergence import DivergenceError
         from cl_replay.models import build_model
@@ -86,7 +109,7 @@ def _worker_main(requests, replies, counter, init_blob: bytes) -> None:
         generator.load_state_dict(init["state_dict"])
         state = GeneratorState(make_adam(generator.parameters(), lr=init["lr"], betas=init["betas"]))
         writer = _ListWriter()
-        progress = _CounterProgress(counter)
+        progress = _SharedProgress(counter, threads)
         replies.put(_dumps({"status": "ready", "pid": os.getpid()}))
     except BaseException:  # report start-up failures instead of dying silently
         replies.put(_dumps({"status": "error", "error": traceback.format_exc()}))
@@ -106,9 +129,11 @@ def _worker_main(requests, replies, counter, init_blob: bytes) -> None:
                 torch.set_rng_state(restore["rng"])
                 continue
             t = job["experience"]
+            progress.start_job()
             previous = generator.frozen_copy() if t > 1 else None
             stats = train_generator(generator, previous, job["x"], t, state, job["schedule"], progress=progress,
                                     writer=writer)
+            stats["worker_threads"] = [list(change) for change in progress.thread_changes]
             state_dict = {k: v.detach().clone() for k, v in generator.state_dict().items()}
             training = {"optimizer": state.optimizer.state_dict(), "iteration": state.iteration,
                         "rng": torch.get_rng_state()}
@@ -125,16 +150,19 @@ class GeneratorWorker:
 
     ``submit(x, t)`` starts training on experience t; ``result()`` waits for it and returns
     (state_dict, stats, TensorBoard records, training state). ``progress_count()`` is the number of generator
-    iterations done so far (for the progress bar).
+    iterations done so far (for the progress bar). The worker runs on ``threads`` torch threads
+    until ``grant_threads`` says otherwise.
     """
 
-    def __init__(self, generator, model_config, lr: float, betas: tuple[float, float], seed: int) -> None:
+    def __init__(self, generator, model_config, lr: float, betas: tuple[float, float], seed: int,
+                 threads: int = 1) -> None:
         import torch.multiprocessing as mp
 
         context = mp.get_context("spawn")
         self._requests = context.Queue()
         self._replies = context.Queue()
         self._counter = context.RawValue("q", 0)
+        self._threads = context.RawValue("i", max(1, threads))
         init = {
             "model_config": model_config,
             "name": generator.name,
@@ -144,8 +172,8 @@ class GeneratorWorker:
             "seed": seed,
         }
         self.process = context.Process(
-            target=_worker_main, args=(self._requests, self._replies, self._counter, _dumps(init)), daemon=True,
-            name="cl-replay-generator",
+            target=_worker_main, args=(self._requests, self._replies, self._counter, self._threads, _dumps(init)),
+            daemon=True, name="cl-replay-generator",
         )
         self.process.start()
         self._ready = False
@@ -185,6 +213,10 @@ class GeneratorWorker:
         """(state_dict, stats, TensorBoard records, training state: optimizer, iteration, rng)."""
         message = self._receive()
         return message["state_dict"], message["stats"], message["logs"], message["training"]
+
+    def grant_threads(self, threads: int) -> None:
+        """Let the worker use ``threads`` torch threads from its next iteration (or job) on."""
+        self._threads.value = max(1, int(threads))
 
     def progress_count(self) -> int:
         return int(self._counter.value)
