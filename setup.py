@@ -23,7 +23,7 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
-        "pillow",
+        "pillow>=10.1",
     ],
     # Ray runs `cl-replay sweep`; the tests exercise it, so the test extra installs it too.
     extras_require={"sweep": ["ray>=2.9"], "test": ["pytest", "ray>=2.9"]},

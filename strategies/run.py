@@ -141,7 +141,9 @@ def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, expe
     ``replay_categories_exp<i>.png`` with one labelled row per category and logs it to TensorBoard;
     returns the JSON report (None without a categorical generator). Its samples come from a forked
     random state, so measuring leaves the run's random stream, and so its results, unchanged."""
-    from .semantics import category_semantics, class_histogram_figure, save_labelled_rows
+    from PIL import Image
+
+    from .semantics import category_semantics, class_histogram_figure, labelled_rows_image, render_figure
 
     generator = getattr(replay, "generator", None)
     if generator is None or not getattr(replay, "trained", False):
@@ -156,12 +158,13 @@ def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, expe
         return None
     report = {"experience": experience} | semantics.report
     title = f"after experience {experience}: one row per category (share of q(c) -> majority class, purity)"
-    figure = save_labelled_rows(semantics, image_shape, run_dir / f"replay_categories_exp{experience}.png", title)
-    writer.add_figure("replay/categories", figure, experience)
+    rows = labelled_rows_image(semantics, image_shape, title)
+    Image.fromarray(rows).save(run_dir / f"replay_categories_exp{experience}.png")
+    writer.add_image("replay/categories", rows, experience, dataformats="HWC")
     writer.add_scalar("replay/mean_purity", report["mean_purity"], experience)
     writer.add_scalar("replay/categories_in_use", report["categories_in_use"], experience)
-    writer.add_figure("replay/class_histogram",
-                      class_histogram_figure(semantics, f"replay classes after experience {experience}"), experience)
+    histogram = render_figure(class_histogram_figure(semantics, f"replay classes after experience {experience}"))
+    writer.add_image("replay/class_histogram", histogram, experience, dataformats="HWC")
     table = ["| category | share of q(c) | majority class | purity |", "|---|---|---|---|"] + [
         f"| {c['category']} | {c['share']:.3f} | {c['majority_class']} | {100 * c['purity']:.0f}% |" for c in report["categories"]
     ]

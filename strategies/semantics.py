@@ -22,7 +22,7 @@ import torch
 from .generator_core import GeneratorCore
 
 __all__ = ["CategorySemantics", "balanced_category_weights", "category_class_mix", "category_semantics",
-           "class_histogram_figure", "replay_class_histogram", "save_labelled_rows"]
+           "class_histogram_figure", "labelled_rows_image", "render_figure", "replay_class_histogram"]
 
 
 @dataclass
@@ -135,27 +135,50 @@ def balanced_category_weights(mix: torch.Tensor, q: torch.Tensor, classes: list[
     return w.to(q.dtype)
 
 
-def save_labelled_rows(semantics: CategorySemantics, image_shape: tuple[int, ...], path: Path, title: str,
-                       max_rows: int = 20):
-    """A PNG with one row of samples per category in use (most probable first), each labelled with
-    the category, its share of q(c), its majority class and purity. Returns the matplotlib figure."""
-    from matplotlib.figure import Figure
+def labelled_rows_image(semantics: CategorySemantics, image_shape: tuple[int, ...], title: str, max_rows: int = 20,
+                        scale: int = 2):
+    """One row of samples per category in use (most probable first), each labelled with the
+    category, its share of q(c), its majority class and purity, as an (H, W, 3) uint8 array
+    (``scale`` x enlarged samples; PIL draws the labels, a fraction of matplotlib's time)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import make_grid
 
     categories = semantics.report["categories"][:max_rows]
-    figure = Figure(figsize=(8, 0.8 * len(categories) + 0.6))
-    axes = figure.subplots(len(categories), 1, squeeze=False)[:, 0]
-    for axis, row, info in zip(axes, semantics.rows, categories):
-        grid = make_grid(row.float().clamp(0, 1).view(-1, *image_shape), nrow=row.shape[0], padding=2, pad_value=0.5)
-        axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        axis.set_xticks([])
-        axis.set_yticks([])
-        label = f"c{info['category']}  q={info['share']:.2f}\n-> {info['majority_class']} ({100 * info['purity']:.0f}%)"
-        axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return figure
+    rows = semantics.rows[: len(categories)]
+    grid = make_grid(rows.float().clamp(0, 1).reshape(-1, *image_shape), nrow=rows.shape[1], padding=2, pad_value=0.5)
+    samples = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    samples = samples.resize((samples.width * scale, samples.height * scale), Image.NEAREST)
+    font = ImageFont.load_default(size=12)
+    labels = [f"c{c['category']}  q={c['share']:.2f} -> {c['majority_class']} ({100 * c['purity']:.0f}%)"
+              for c in categories]
+    margin = 12 + max(int(font.getlength(label)) for label in labels)
+    top = 24
+    canvas = Image.new("RGB", (max(margin + samples.width, 12 + int(font.getlength(title))), top + samples.height),
+                       "white")
+    canvas.paste(samples, (margin, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, top // 2), title, fill="black", font=font, anchor="lm")
+    row_height = (samples.height - 2 * scale) / len(categories)
+    for i, label in enumerate(labels):
+        draw.text((margin - 6, top + 2 * scale + row_height * (i + 0.5)), label, fill="black", font=font, anchor="rm")
+    return np.asarray(canvas)
+
+
+def render_figure(figure, path: Path | None = None):
+    """Render a matplotlib figure once, cropped to its contents: the PNG written to ``path`` (if
+    given) and returned as an (H, W, 3) uint8 array (for TensorBoard's ``add_image``)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", pad_inches=0.05)
+    if path is not None:
+        Path(path).write_bytes(buffer.getvalue())
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def class_histogram_figure(semantics: CategorySemantics, title: str):
@@ -177,5 +200,4 @@ def class_histogram_figure(semantics: CategorySemantics, title: str):
     axis.set_xticks(range(len(histogram)), list(histogram), fontsize=7, rotation=90 if len(histogram) > 20 else 0)
     axis.set_ylabel("% of replay")
     axis.set_title(title, fontsize=9)
-    figure.tight_layout()
     return figure

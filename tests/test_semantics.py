@@ -5,7 +5,7 @@ from torch import nn
 
 from cl_replay.models import CPVAE, ModelConfig
 from strategies.generator_core import GeneratorCore
-from strategies.semantics import balanced_category_weights, category_semantics, save_labelled_rows
+from strategies.semantics import balanced_category_weights, category_semantics, labelled_rows_image
 
 K, LATENT = 4, 2
 
@@ -50,8 +50,11 @@ def test_majority_purity_and_replay_histogram():
 def test_labelled_rows_png(tmp_path):
     model = CPVAE(ModelConfig(input_dim=4, latent_dim=2, hidden=8, categories=3))
     semantics = category_semantics(GeneratorCore(model), lambda x: torch.zeros(len(x), dtype=torch.long), ["zero"], per_category=20)
-    save_labelled_rows(semantics, (1, 2, 2), tmp_path / "rows.png", "title")
-    assert (tmp_path / "rows.png").stat().st_size > 1000
+    pixels = labelled_rows_image(semantics, (1, 2, 2), "title", scale=4)
+    rows = len(semantics.report["categories"])
+    assert pixels.dtype.name == "uint8" and pixels.shape[2] == 3
+    assert pixels.shape[0] == 24 + 4 * (2 + rows * (2 + 2))  # title band, then the enlarged grid
+    assert (pixels[24:, :40] < 128).any()  # the labels, left of the samples
 
 
 def test_generators_without_categories_have_no_semantics():

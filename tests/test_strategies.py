@@ -288,8 +288,13 @@ def test_five_experience_run_writes_every_output(tmp_path):
     assert all(t["generator_ms_per_iteration"] > 0 for t in saved["timing"][:4])
     for i in range(1, 6):
         assert (run / f"replay_exp{i}.png").stat().st_size > 0
+        assert (run / f"replay_categories_exp{i}.png").stat().st_size > 0
     assert (run / "accuracy_matrix.png").stat().st_size > 0
-    assert list((run / "tensorboard").glob("events.out.tfevents*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    for tag in ("replay/categories", "replay/class_histogram"):
+        assert [e.step for e in events.Images(tag)] == [1, 2, 3, 4, 5], tag
     log = (run / "log.txt").read_text()
     assert "Top1_Acc_Exp" in log and "StreamForgetting" in log
     assert results["final_average_accuracy"] == saved["final_average_accuracy"]
