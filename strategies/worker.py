@@ -95,7 +95,7 @@ def _next_request(requests):
                 return None
 
 
-def _worker_main(requests, replies, counter, threads, init_blob: bytes) -> None:
+def _worker_main(requests, replies, counter, threads) -> None:
     try:
         torch.set_flush_denormal(True)
         from cl_replay.divergence import DivergenceError
@@ -103,7 +103,7 @@ def _worker_main(requests, replies, counter, threads, init_blob: bytes) -> None:
 
         from .generator_core import GeneratorCore, GeneratorState, make_adam, train_generator
 
-        init = _loads(init_blob)
+        init = _loads(requests.get())  # the first request: the generator and its optimizer's settings
         torch.manual_seed(init["seed"])
         generator = GeneratorCore(build_model(init["model_config"]), init["name"])
         generator.load_state_dict(init["state_dict"])
@@ -118,7 +118,7 @@ def _worker_main(requests, replies, counter, threads, init_blob: bytes) -> None:
         blob = _next_request(requests)
         if blob is None:
             replies.cancel_join_thread()  # nobody reads replies any more: exit without flushing them
-            return
+            os._exit(0)  # every result was read: skip the interpreter's teardown (a second or two)
         try:
             job = _loads(blob)
             if "restore" in job:
@@ -172,9 +172,12 @@ class GeneratorWorker:
             "seed": seed,
         }
         self.process = context.Process(
-            target=_worker_main, args=(self._requests, self._replies, self._counter, self._threads, _dumps(init)),
-            daemon=True, name="cl-replay-generator",
+            target=_worker_main, args=(self._requests, self._replies, self._counter, self._threads), daemon=True,
+            name="cl-replay-generator",
         )
+        # Through the queue, not the process's arguments: start() then returns at once instead of
+        # waiting for the new interpreter to import torch and read megabytes of weights from a pipe.
+        self._requests.put(_dumps(init))
         self.process.start()
         self._ready = False
 
