@@ -5,17 +5,20 @@
 
 Every contender is one ``cl-replay run split_mnist`` (a fresh interpreter, as from the command line)
 with the protocol defaults of ``configs/cl/split_mnist.yaml`` (2000 iterations per experience, batch
-128 + 128 replayed, one torch thread per process), in its own run folder under ``--out``:
+128 + 128 replayed, one torch thread per process, pooled while one waits), in its own run folder under
+``--out``:
 
 * ``cpvae``: CP-VAE replay with the run's defaults: the generator trains in a worker process beside
   the classifier, replay is generated (and labelled) ``replay_chunk`` batches at a time, and the
   generator is not trained after the last experience;
+* ``cpvae_unpooled``: the same without pooled threads (each process keeps its one thread while
+  the other waits), to show what pooling gives;
 * ``vae``: the same with the unconditional VAE generator (same encoder and decoder sizes);
 * ``dgr``: the reference, our implementation of the deep generative replay procedure (Shin et al.
   2017, as van de Ven & Tolias 2019 run it), not van de Ven's code: the ``vae`` generator trained in
   the classifier's process after the classifier in every experience (``parallel_generator: false``),
-  replay generated one batch at a time (``replay_chunk: 1``), and the generator trained after the
-  last experience too (``train_generator_after_last_experience: true``).
+  hard labels, replay generated one batch at a time (``replay_chunk: 1``), and the generator trained
+  after the last experience too (``train_generator_after_last_experience: true``).
 
 The contenders run one after the other, ``--repeats`` rounds of all of them in turn, so that a busy
 machine weighs on each alike. The table gives the final average accuracy, the command's wall time
@@ -40,14 +43,16 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "dgr"
 CONTENDERS = {
     "cpvae": ("cpvae", {}),
+    "cpvae_unpooled": ("cpvae", {"pool_threads": "false"}),
     "vae": ("vae", {}),
-    REFERENCE: ("vae", {"parallel_generator": "false", "replay_chunk": "1",
+    REFERENCE: ("vae", {"parallel_generator": "false", "replay_chunk": "1", "replay_labels": "hard",
                         "train_generator_after_last_experience": "true"}),
 }
 TITLES = {
     "cpvae": "cpvae (defaults)",
+    "cpvae_unpooled": "cpvae, threads not pooled (`pool_threads=false`)",
     "vae": "vae (defaults)",
-    REFERENCE: "DGR reference (vae, one process, per-batch replay, generator trained after the last experience)",
+    REFERENCE: "DGR reference (vae, hard labels, one process, per-batch replay, generator trained after the last experience)",
 }
 
 

@@ -317,18 +317,20 @@ class CPVAEReplayPlugin(ReplayPlugin):
         instead of in proportion to q(c); ``balance_samples`` samples per category estimate their class mix.
     :param stream_length: the number of experiences, when known: the generator is then not trained
         after the last one (nothing replays from it). Without it, it is trained after every experience.
+    :param pooled_threads: with a ``worker``, the torch threads of both processes together: the one
+        still working takes the waiting one's threads too (results unchanged bit for bit); 0: never.
     Other keyword arguments are ``ReplayPlugin``'s.
     """
 
     def __init__(self, generator: nn.Module, *, num_classes: int, schedule: GeneratorSchedule | None = None,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), worker=None, writer=None,
                  class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None,
-                 **options) -> None:
+                 pooled_threads: int = 0, **options) -> None:
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         source = GeneratorReplay(generator, schedule or GeneratorSchedule(), lr=lr, betas=betas, writer=writer,
                                  worker=worker, class_balance=class_balance, balance_samples=balance_samples,
-                                 stream_length=stream_length)
+                                 stream_length=stream_length, pooled_threads=pooled_threads)
         super().__init__(source, num_classes=num_classes, **options)
 
     @property
