@@ -436,11 +436,11 @@ def test_cli_runs_a_tiny_stream(tmp_path, real_data_root):
     out = tmp_path / "cli"
     result = CliRunner().invoke(run, [
         "split_mnist", "--generator", "vae", "--iterations", "2", "--data-root", str(real_data_root), "--out", str(out),
-        "--no-progress", "--set", "aggregate_samples=100", "--set", "grid_samples=10", "--replay-labels", "soft",
+        "--no-progress", "--set", "aggregate_samples=100", "--set", "grid_samples=10", "--replay-labels", "hard",
     ])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "results.json").read_text())
-    assert len(saved["accuracy_matrix"]) == 5 and saved["config"]["replay_labels"] == "soft"
+    assert len(saved["accuracy_matrix"]) == 5 and saved["config"]["replay_labels"] == "hard"  # the flag beats the file
 
 
 def test_summary_groups_seeds(tmp_path):
