@@ -35,8 +35,8 @@ class CLConfig:
     Replay is generated (and labelled) ``replay_chunk`` batches at a time; the generator is not
     trained after the last experience unless ``train_generator_after_last_experience``. With
     ``parallel_generator`` the generator trains in a worker process beside the classifier, each on
-    ``threads`` torch threads; with ``pool_threads`` the process still working takes the waiting
-    one's threads too (same results bit for bit, less wall time).
+    ``threads`` torch threads; with ``pool_threads`` the worker takes the main process's threads too
+    while the main process waits for it (same results bit for bit, less wall time).
     """
 
     stream: str = "split_mnist"

@@ -317,8 +317,8 @@ class CPVAEReplayPlugin(ReplayPlugin):
         instead of in proportion to q(c); ``balance_samples`` samples per category estimate their class mix.
     :param stream_length: the number of experiences, when known: the generator is then not trained
         after the last one (nothing replays from it). Without it, it is trained after every experience.
-    :param pooled_threads: with a ``worker``, the torch threads of both processes together: the one
-        still working takes the waiting one's threads too (results unchanged bit for bit); 0: never.
+    :param pooled_threads: with a ``worker``, the torch threads of both processes together, which the
+        worker uses while the main process waits for it (results unchanged bit for bit); 0: never.
     Other keyword arguments are ``ReplayPlugin``'s.
     """
 

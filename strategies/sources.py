@@ -137,9 +137,8 @@ class GeneratorReplay(ReplaySource):
     With a ``worker`` (``strategies.worker.GeneratorWorker``) the generator's training for
     experience t runs in that process while the classifier trains on t (both only need the copy
     frozen at the end of t-1); ``end_experience`` waits for it and loads the new weights. With
-    ``pooled_threads`` (the threads of both processes together) the busy process takes the idle
-    one's threads too: the worker while the main process waits for it, the main process in an
-    experience after which the generator does not train (the results stay the same bit for bit).
+    ``pooled_threads`` (the threads of both processes together) the worker takes the main process's
+    threads too while the main process waits for it (the results stay the same bit for bit).
 
     Given ``stream_length`` (the number of experiences), the generator is not trained after the
     last one: nothing would replay from it. Without it the stream may go on, and the generator is
@@ -188,20 +187,10 @@ class GeneratorReplay(ReplaySource):
             if self.class_balance and self.previous.categorical and classify is not None and replay_classes:
                 weights = self._balanced_weights(classify, replay_classes)
             self.sampler = GeneratorReplaySampler(self.previous, replay_total, weights=weights)
-        working_alone = self.worker is None or not self.trains_after(t)
-        self._pool_threads(main=self.pooled_threads if working_alone else self.own_threads,
-                           worker=None if working_alone else self.own_threads)
-        if not working_alone:
+        if self.worker is not None and self.trains_after(t):
+            if self.pooled_threads:
+                self.worker.grant_threads(self.own_threads)
             self.worker.submit(data.x, t, self.schedule)
-
-    def _pool_threads(self, main: int | None = None, worker: int | None = None) -> None:
-        """With ``pooled_threads``: set the main process's and the worker's torch threads."""
-        if not self.pooled_threads:
-            return
-        if main is not None and main != torch.get_num_threads():
-            torch.set_num_threads(main)
-        if worker is not None:
-            self.worker.grant_threads(worker)
 
     def _balanced_weights(self, classify, replay_classes: list[int]) -> torch.Tensor:
         """Class-balanced replay: category weights that make the replay's class histogram, as
@@ -243,16 +232,17 @@ class GeneratorReplay(ReplaySource):
             )
         else:
             wait = time.perf_counter()
-            self._pool_threads(worker=self.pooled_threads)
+            if self.pooled_threads:
+                self.worker.grant_threads(self.pooled_threads)
             state_dict, stats, records, self._worker_state = self.worker.result()
             stats["main_wait_s"] = time.perf_counter() - wait
-            self._pool_threads(worker=self.own_threads)
+            if self.pooled_threads:
+                self.worker.grant_threads(self.own_threads)
             self.generator.load_state_dict(state_dict)
             self.poll_progress(progress)
             if self.writer is not None:
                 for tag, value, step in records:
                     self.writer.add_scalar(tag, value, step)
-        self._pool_threads(main=self.own_threads)
         self.trained = self.trained or self.trains_after(t)
         if self.sampler is not None and self.sampler.schedule is not None:
             stats["classifier_replay_category_counts"] = self.sampler.schedule.drawn.tolist()

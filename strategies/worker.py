@@ -8,11 +8,12 @@ same procedure as training them in sequence; only the wall time changes (about m
 sum). The worker is started with ``spawn`` (fork after OpenMP/MKL initialisation is unsafe) and
 imports only ``generator_core`` and the model registry, not Avalanche.
 
-While one of the two processes waits, the other may use its core too: the main process grants the
-worker more threads while it waits for the worker's result (``grant_threads``), and takes them
-itself while no job of the worker runs (``GeneratorReplay(pooled_threads=...)``). The worker picks
-up a grant between two iterations. Every operation of the generators' training gives the same bits
-on any number of threads (the tests check it), so this changes the wall time, not the run.
+While the main process waits for the worker's result, the worker may use the main process's core
+too: the main process grants it more threads (``grant_threads``; ``GeneratorReplay(pooled_threads=...)``),
+and the worker picks up the grant between two iterations. Every operation of the generators'
+training gives the same bits on any number of threads (the tests check it), so this changes the
+wall time, not the run. (The classifier is not pooled the other way: the weight gradient of its
+10-unit output layer, a product summed over the batch, is split over threads differently.)
 
 Messages are bytes produced by ``torch.save`` (robust, no shared-memory file descriptors). After
 every job the worker reports its optimizer state, iteration count and RNG state, so a run can save

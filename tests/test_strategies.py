@@ -512,7 +512,7 @@ class _SwitchThreads:
 
 @pytest.mark.parametrize("model", ["cpvae", "vae"])
 def test_generator_training_gives_the_same_bits_when_its_threads_change(model):
-    """What pooling the threads of the classifier and the generator (``pool_threads``) rests on: MNIST-sized
+    """What lending the classifier's threads to the generator (``pool_threads``) rests on: MNIST-sized
     generators (tensors large enough for torch to split over threads) trained for an experience with replay
     end bit for bit the same whether they stay on one thread or move to two mid-way."""
     config = ModelConfig(model=model, input_dim=784, latent_dim=40, hidden=300, categories=20)
@@ -533,8 +533,8 @@ def test_generator_training_gives_the_same_bits_when_its_threads_change(model):
 
 
 def test_pooled_threads_leave_a_run_bit_for_bit_the_same(tmp_path):
-    """With ``pool_threads`` the main process classifies on two threads in the last experience and the worker
-    takes two while the main process waits for it; accuracies and the generator stay exactly the same."""
+    """With ``pool_threads`` the worker takes two threads while the main process waits for it; accuracies and
+    the generator stay exactly the same."""
     g = torch.Generator().manual_seed(0)
     prototypes = (torch.rand(6, 784, generator=g) > 0.5).float()
     y = torch.arange(6).repeat_interleave(64)
@@ -550,5 +550,6 @@ def test_pooled_threads_leave_a_run_bit_for_bit_the_same(tmp_path):
     assert runs[True]["accuracy_matrix"] == runs[False]["accuracy_matrix"]
     assert [s.get("q_c") for s in runs[True]["generator_stats"]] == [s.get("q_c") for s in runs[False]["generator_stats"]]
     assert all(s["worker_threads"][0] == [0, 1] for s in runs[True]["generator_stats"] if s["iterations"])
-    generators = [torch.load(tmp_path / str(pool) / "run" / "checkpoint.pt")["generator"] for pool in (False, True)]
-    assert all(torch.equal(generators[0][k], generators[1][k]) for k in generators[0])
+    checkpoints = [torch.load(tmp_path / str(pool) / "run" / "checkpoint.pt") for pool in (False, True)]
+    for part in ("classifier", "generator"):
+        assert all(torch.equal(checkpoints[0][part][k], checkpoints[1][part][k]) for k in checkpoints[0][part]), part
