@@ -52,7 +52,8 @@ TITLES = {
     "cpvae": "cpvae (defaults)",
     "cpvae_unpooled": "cpvae, threads not pooled (`pool_threads=false`)",
     "vae": "vae (defaults)",
-    REFERENCE: "DGR reference (vae, hard labels, one process, per-batch replay, generator trained after the last experience)",
+    REFERENCE: ("DGR reference (vae, hard labels, one process, per-batch replay, generator trained after the "
+                "last experience)"),
 }
 
 

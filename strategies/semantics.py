@@ -14,7 +14,6 @@ the replayed classes, as near as the categories' class mixes allow (``balanced_c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -165,9 +164,9 @@ def labelled_rows_image(semantics: CategorySemantics, image_shape: tuple[int, ..
     return np.asarray(canvas)
 
 
-def render_figure(figure, path: Path | None = None):
-    """Render a matplotlib figure once, cropped to its contents: the PNG written to ``path`` (if
-    given) and returned as an (H, W, 3) uint8 array (for TensorBoard's ``add_image``)."""
+def render_figure(figure):
+    """A matplotlib figure rendered once, cropped to its contents, as an (H, W, 3) uint8 array (for
+    TensorBoard's ``add_image``)."""
     import io
 
     import numpy as np
@@ -175,8 +174,6 @@ def render_figure(figure, path: Path | None = None):
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", pad_inches=0.05)
-    if path is not None:
-        Path(path).write_bytes(buffer.getvalue())
     buffer.seek(0)
     return np.asarray(Image.open(buffer).convert("RGB"))
 

@@ -47,7 +47,7 @@ def test_majority_purity_and_replay_histogram():
     assert (rows[0, :, 0] > 0.99).all() and (rows[1, :, 1] > 0.99).all() and (rows[2, :, 3] > 0.99).all()
 
 
-def test_labelled_rows_png(tmp_path):
+def test_labelled_rows_image():
     model = CPVAE(ModelConfig(input_dim=4, latent_dim=2, hidden=8, categories=3))
     semantics = category_semantics(GeneratorCore(model), lambda x: torch.zeros(len(x), dtype=torch.long), ["zero"], per_category=20)
     pixels = labelled_rows_image(semantics, (1, 2, 2), "title", scale=4)
