@@ -18,6 +18,7 @@ __all__ = [
     "BASELINES",
     "DATASETS",
     "DEVICES",
+    "HIDDEN_LAYERS",
     "MODELS",
     "ON_NAN",
     "SCENARIOS",
@@ -37,6 +38,7 @@ BASELINES = ("none", "joint", "buffer")
 SCENARIOS = ("class", "task")
 DEVICES = ("auto", "cpu", "cuda")
 ON_NAN = ("stop", "skip")
+HIDDEN_LAYERS = ("gated", "relu")
 
 
 def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:

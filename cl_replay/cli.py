@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .checks import (DATASETS, MODELS, ON_NAN, check_choice, check_device, check_numbers, check_resumable,
-                     check_run_folder, is_writable)
+from .checks import (DATASETS, HIDDEN_LAYERS, MODELS, ON_NAN, check_choice, check_device, check_numbers,
+                     check_resumable, check_run_folder, is_writable)
 from .config import ConfigError, build_configs, read_yaml, resolve_config
 from .settings import ModelConfig, TrainConfig
 
@@ -88,6 +88,7 @@ def _check_pretrain(values: dict[str, Any]) -> None:
     check_choice("model", values.get("model", "cpvae"), MODELS)
     check_choice("dataset", str(values.get("dataset", "mnist")).lower().replace("-", "_"), DATASETS)
     check_choice("on_nan", values.get("on_nan", "stop"), ON_NAN)
+    check_choice("hidden_layer", values.get("hidden_layer", "gated"), HIDDEN_LAYERS)
     check_device(str(values.get("device", "auto")))
     check_numbers(values, positive=("epochs", "batch_size", "lr", "categories", "latent_dim", "hidden", "patience"),
                   non_negative=("warmup", "is_samples", "limit"))

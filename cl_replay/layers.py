@@ -1,8 +1,11 @@
-"""Building blocks shared by every model: the gated dense layer and the 2x300 gated networks."""
+"""Building blocks shared by every model: the gated dense layer and the 2x300 networks built of it
+(or of ReLU layers, ``ModelConfig.hidden_layer``)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .checks import HIDDEN_LAYERS
 
 
 def glorot_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -29,7 +32,17 @@ class GatedDense(nn.Module):
         return value * torch.sigmoid(gate)
 
 
-def gated_mlp(in_features: int, hidden: int = 300, layers: int = 2) -> nn.Sequential:
-    """``layers`` gated dense layers of ``hidden`` units (the 2x300 networks of paper section 5)."""
+def dense_layer(in_features: int, out_features: int, kind: str = "gated") -> nn.Module:
+    """One hidden layer: ``gated`` h = (W x + b) * sigmoid(V x + c), or ``relu`` h = max(0, W x + b)
+    (half the arithmetic: one matrix instead of two)."""
+    if kind == "gated":
+        return GatedDense(in_features, out_features)
+    if kind == "relu":
+        return nn.Sequential(glorot_linear(in_features, out_features), nn.ReLU())
+    raise ValueError(f"hidden_layer must be one of {', '.join(HIDDEN_LAYERS)}; got {kind!r}")
+
+
+def mlp(in_features: int, hidden: int = 300, layers: int = 2, kind: str = "gated") -> nn.Sequential:
+    """``layers`` hidden layers of ``hidden`` units (gated: the 2x300 networks of paper section 5)."""
     sizes = [in_features] + [hidden] * layers
-    return nn.Sequential(*(GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])))
+    return nn.Sequential(*(dense_layer(a, b, kind) for a, b in zip(sizes[:-1], sizes[1:])))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import LOG_2PI, gaussian_kl, gaussian_log_prob, standard_normal_kl
-from .layers import gated_mlp, glorot_linear
+from .layers import glorot_linear, mlp
 
 
 class Prior(nn.Module):
@@ -189,7 +189,7 @@ class AffineCoupling(nn.Module):
         super().__init__()
         dim = mask.shape[0]
         self.register_buffer("mask", mask.float())
-        self.net = nn.Sequential(gated_mlp(dim, hidden), glorot_linear(hidden, 2 * dim))
+        self.net = nn.Sequential(mlp(dim, hidden), glorot_linear(hidden, 2 * dim))
         self.scale = nn.Parameter(torch.ones(dim))
 
     def _scale_shift(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

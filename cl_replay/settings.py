@@ -11,12 +11,14 @@ __all__ = ["ModelConfig", "TrainConfig"]
 
 @dataclass
 class ModelConfig:
-    """Architecture of a model. ``categories`` is K: CP-VAE categories, mixture components or pseudo-inputs."""
+    """Architecture of a model. ``categories`` is K: CP-VAE categories, mixture components or pseudo-inputs;
+    ``hidden_layer`` is ``gated`` (paper section 5) or ``relu`` for the encoder and decoder networks."""
 
     model: str = "cpvae"
     input_dim: int = 784
     latent_dim: int = 40
     hidden: int = 300
+    hidden_layer: str = "gated"
     categories: int = 10
     likelihood: str = "bernoulli"
     temperature_start: float = 1.0

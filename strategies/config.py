@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cl_replay.checks import (BASELINES, MODELS, ON_NAN, SCENARIOS, STREAMS, check_choice, check_device,
+from cl_replay.checks import (BASELINES, HIDDEN_LAYERS, MODELS, ON_NAN, SCENARIOS, STREAMS, check_choice, check_device,
                               check_numbers)
 from cl_replay.config import build_configs, packaged_config, read_yaml, resolve_config
 from cl_replay.settings import ModelConfig
@@ -110,6 +110,7 @@ def check_values(values: dict[str, Any]) -> None:
                        ("replay_labels", ("hard", "soft")), ("replay_balance", ("none", "class")),
                        ("eval_split", ("test", "val")), ("on_nan", ON_NAN)):
         check_choice(key, values.get(key, getattr(defaults, key)), valid)
+    check_choice("hidden_layer", values.get("hidden_layer", ModelConfig.hidden_layer), HIDDEN_LAYERS)
     check_device(str(values.get("device", defaults.device)))
     check_numbers(values, positive=("iterations", "batch_size", "replay_batch_size", "eval_batch_size", "lr", "gen_lr",
                                     "fc_units", "fc_layers", "categories", "latent_dim", "hidden",

@@ -29,6 +29,7 @@ REFUSALS = [
     (["run", "split_mnist", "--iterations", "0"], "iterations must be positive"),
     (["run", "split_mnist", "--set", "replay_batch_size=-5"], "replay_batch_size must be positive"),
     (["run", "split_mnist", "--set", "itterations=3"], "did you mean 'iterations'"),
+    (["run", "split_mnist", "--set", "hidden_layer=tanh"], "unknown hidden_layer 'tanh'"),
     (["run"], "missing STREAM"),
 ]
 

@@ -45,9 +45,10 @@ def tiny_binary_data(n: int = 64, dim: int = 20) -> torch.Tensor:
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.parametrize("hidden_layer", ["gated", "relu"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_training_decreases_the_loss(name: str) -> None:
-    model, x = small_model(name), tiny_binary_data()
+def test_training_decreases_the_loss(name: str, hidden_layer: str) -> None:
+    model, x = small_model(name, hidden_layer=hidden_layer), tiny_binary_data()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(50):
@@ -61,9 +62,10 @@ def test_training_decreases_the_loss(name: str) -> None:
     assert set(logged) >= {"reconstruction", "neg_elbo"} and any(k.startswith("kl") for k in logged)
 
 
+@pytest.mark.parametrize("hidden_layer", ["gated", "relu"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_parameter_gets_a_gradient(name: str) -> None:
-    model = small_model(name)
+def test_every_parameter_gets_a_gradient(name: str, hidden_layer: str) -> None:
+    model = small_model(name, hidden_layer=hidden_layer)
     model.loss(tiny_binary_data())[0].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing
@@ -231,3 +233,15 @@ def test_compare_pretrain_runs(tmp_path: Path) -> None:
     assert "95.68 / 90.11 [paper 88.75]" in with_paper
     assert "— [paper 86.84]" in with_paper
     assert "omniglot" not in with_paper
+
+
+def test_relu_networks_have_one_matrix_per_layer() -> None:
+    """``hidden_layer: relu`` replaces each gated layer's two matrices [W; V] by W alone, and the
+    encoder then computes max(0, W x + b) layer by layer."""
+    gated, relu = small_model("vae"), small_model("vae", hidden_layer="relu")
+    assert [p.shape for p in gated.encoder.body.parameters()] == [(64, 20), (64,), (64, 32), (64,)]
+    assert [p.shape for p in relu.encoder.body.parameters()] == [(32, 20), (32,), (32, 32), (32,)]
+    x = tiny_binary_data()
+    first, second = relu.encoder.body[0][0], relu.encoder.body[1][0]
+    expected = torch.relu(second(torch.relu(first(x))))
+    torch.testing.assert_close(relu.encoder.body(x), expected)

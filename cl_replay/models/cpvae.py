@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributions import categorical_kl_uniform, gaussian_log_prob, gumbel_softmax_sample
-from ..layers import glorot_linear, gated_mlp
+from ..layers import glorot_linear, mlp
 from ..likelihoods import make_likelihood
 from ..priors import ConditionalGaussianPrior
 from .base import GenerativeModel, ModelConfig
@@ -135,21 +135,21 @@ class CPVAE(GenerativeModel):
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
         self.config = config
         categories, latent, hidden = config.categories, config.latent_dim, config.hidden
-        self.encoder = gated_mlp(config.input_dim, hidden)
+        self.encoder = mlp(config.input_dim, hidden, kind=config.hidden_layer)
         # With K = 1 the category is certain: no logits to learn.
         self.category_logits = glorot_linear(hidden, categories) if categories > 1 else None
         self.posterior = CategoryConditionedGaussian(
             hidden, categories if config.posterior_sees_category else 0, latent
         )
         decoder_input = latent + (categories if config.decoder_sees_category else 0)
-        self.decoder = decoder or nn.Sequential(gated_mlp(decoder_input, hidden), glorot_linear(hidden, config.input_dim))
+        self.decoder = decoder or nn.Sequential(mlp(decoder_input, hidden, kind=config.hidden_layer), glorot_linear(hidden, config.input_dim))
         self.prior = ConditionalGaussianPrior(categories, latent)
         self.likelihood = make_likelihood(config.likelihood, config.input_dim)
         self.register_buffer("aggregated_posterior", torch.full((categories,), 1.0 / categories))
         # q_0(c|x) of the restart, frozen; a submodule so that checkpoints keep it.
         self.category_anchor = None
         if config.category_anchor_weight > 0 and config.prior_init != "normal" and self.category_logits is not None:
-            self.category_anchor = nn.Sequential(gated_mlp(config.input_dim, hidden), glorot_linear(hidden, categories))
+            self.category_anchor = nn.Sequential(mlp(config.input_dim, hidden, kind=config.hidden_layer), glorot_linear(hidden, categories))
             self.category_anchor.requires_grad_(False)
             self.register_buffer("category_anchor_set", torch.tensor(False))  # True once a restart has set it
         self.temperature = config.temperature_start

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..distributions import gaussian_kl, gaussian_log_prob
-from ..layers import gated_mlp, glorot_linear
+from ..layers import glorot_linear, mlp
 from ..likelihoods import make_likelihood
 from ..priors import Prior, StandardNormalPrior, VampPrior
 from .base import GenerativeModel, ModelConfig
@@ -51,10 +51,10 @@ class HVAE(GenerativeModel):
         super().__init__()
         self.config = config
         data, latent, hidden = config.input_dim, config.latent_dim, config.hidden
-        self.encoder_z2 = GaussianEncoder(data, hidden, latent)  # q(z2|x)
-        self.encoder_z1 = GaussianEncoder(data + latent, hidden, latent)  # q(z1|x,z2)
-        self.conditional_prior_z1 = GaussianEncoder(latent, hidden, latent)  # p(z1|z2)
-        self.decoder = nn.Sequential(gated_mlp(2 * latent, hidden), glorot_linear(hidden, data))  # p(x|z1,z2)
+        self.encoder_z2 = GaussianEncoder(data, hidden, latent, config.hidden_layer)  # q(z2|x)
+        self.encoder_z1 = GaussianEncoder(data + latent, hidden, latent, config.hidden_layer)  # q(z1|x,z2)
+        self.conditional_prior_z1 = GaussianEncoder(latent, hidden, latent, config.hidden_layer)  # p(z1|z2)
+        self.decoder = nn.Sequential(mlp(2 * latent, hidden, kind=config.hidden_layer), glorot_linear(hidden, data))  # p(x|z1,z2)
         self.prior: Prior = (
             VampPrior(config.categories, data, self.encoder_z2, latent) if vampprior else StandardNormalPrior(latent)
         )

@@ -12,18 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributions import gaussian_log_prob
-from ..layers import glorot_linear, gated_mlp
+from ..layers import glorot_linear, mlp
 from ..likelihoods import make_likelihood
 from ..priors import Prior, StandardNormalPrior
 from .base import GenerativeModel, ModelConfig
 
 
 class GaussianEncoder(nn.Module):
-    """x -> (mean, log_var) of a diagonal Gaussian, through the gated 2x300 network."""
+    """x -> (mean, log_var) of a diagonal Gaussian, through the 2x300 network (gated by default)."""
 
-    def __init__(self, input_dim: int, hidden: int, latent_dim: int) -> None:
+    def __init__(self, input_dim: int, hidden: int, latent_dim: int, hidden_layer: str = "gated") -> None:
         super().__init__()
-        self.body = gated_mlp(input_dim, hidden)
+        self.body = mlp(input_dim, hidden, kind=hidden_layer)
         self.head = glorot_linear(hidden, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +39,8 @@ class VAE(GenerativeModel):
         None for the standard normal."""
         super().__init__()
         self.config = config
-        self.encoder = GaussianEncoder(config.input_dim, config.hidden, config.latent_dim)
-        self.decoder = nn.Sequential(gated_mlp(config.latent_dim, config.hidden), glorot_linear(config.hidden, config.input_dim))
+        self.encoder = GaussianEncoder(config.input_dim, config.hidden, config.latent_dim, config.hidden_layer)
+        self.decoder = nn.Sequential(mlp(config.latent_dim, config.hidden, kind=config.hidden_layer), glorot_linear(config.hidden, config.input_dim))
         if prior is None:
             prior = StandardNormalPrior(config.latent_dim)
         self.prior = prior if isinstance(prior, Prior) else prior(self.encoder)
