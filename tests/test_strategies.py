@@ -553,3 +553,16 @@ def test_pooled_threads_leave_a_run_bit_for_bit_the_same(tmp_path):
     checkpoints = [torch.load(tmp_path / str(pool) / "run" / "checkpoint.pt") for pool in (False, True)]
     for part in ("classifier", "generator"):
         assert all(torch.equal(checkpoints[0][part][k], checkpoints[1][part][k]) for k in checkpoints[0][part]), part
+
+
+def test_generator_batches_can_differ_from_the_classifiers(tmp_path):
+    """``gen_batch_size`` / ``gen_replay_batch_size`` set the generator's rows per step (current and
+    rehearsed from its previous copy) without touching the classifier's 16 + 16."""
+    stream = synthetic_stream(3)
+    shapes = []
+    cl = tiny_cl_config(tmp_path, iterations=6, gen_batch_size=12, gen_replay_batch_size=8)
+    results = run_experiment(cl, tiny_model_config(), stream=stream, echo=lambda *_: None,
+                             batch_hook=lambda x, r: shapes.append((x.shape[0], None if r is None else r.shape[0])))
+    assert shapes == [(12, None)] * 6 + [(12, 8)] * 6
+    assert [s["replay_samples"] for s in results["generator_stats"][:2]] == [0, 6 * 8]
+    assert results["config"]["replay_batch_size"] == 16 and results["config"]["gen_replay_batch_size"] == 8
