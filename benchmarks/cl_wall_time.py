@@ -14,7 +14,7 @@ with the protocol defaults of ``configs/cl/split_mnist.yaml`` (2000 iterations p
 * ``cpvae_unpooled``: the same without pooled threads (each process keeps its one thread while
   the other waits), to show what pooling gives;
 * ``cpvae_fast``: the defaults with 64 instead of 128 replayed samples per generator step;
-* ``vae``: the same with the unconditional VAE generator (same encoder and decoder sizes);
+* ``vae``: ``cpvae``'s defaults with the unconditional VAE generator (same encoder and decoder sizes);
 * ``dgr``: the reference, our implementation of the deep generative replay procedure (Shin et al.
   2017, as van de Ven & Tolias 2019 run it), not van de Ven's code: the ``vae`` generator trained in
   the classifier's process after the classifier in every experience (``parallel_generator: false``),
