@@ -1,5 +1,5 @@
 """Cost of one generator training step in continual learning, for the generator variants of
-``docs/continual.md``, as ratios to the split-MNIST default of before (gated 2x300, 128 current +
+``docs/continual.md``, as ratios to the split-MNIST default (gated 2x300, 128 current +
 128 replayed rows):
 
     python benchmarks/generator_step.py
@@ -24,8 +24,8 @@ from strategies.generators import ReplayGenerator
 
 # name: (ModelConfig changes, current rows, replayed rows)
 VARIANTS = {
-    "gated 2x300, 128 + 128 (the former default)": ({}, 128, 128),
-    "gated 2x300, 128 + 64 (`gen_replay_batch_size=64`, the default)": ({}, 128, 64),
+    "gated 2x300, 128 + 128 (the default)": ({}, 128, 128),
+    "gated 2x300, 128 + 64 (`gen_replay_batch_size=64`)": ({}, 128, 64),
     "gated 2x300, 128 + 32 (`gen_replay_batch_size=32`)": ({}, 128, 32),
     "gated 2x300, 64 + 64 (`gen_batch_size=64`, `gen_replay_batch_size=64`)": ({}, 64, 64),
     "gated 2x200, 128 + 128 (`hidden=200`)": ({"hidden": 200}, 128, 128),
@@ -36,7 +36,7 @@ SPLIT_MNIST_GENERATOR = dict(model="cpvae", categories=20, latent_dim=40, hidden
 
 
 def step_ms(changes: dict, batch: int, replay: int, data: torch.Tensor, iterations: int) -> float:
-    """One measurement: ms per step over ``iterations`` steps of ``train_generator``."""
+    """ms per step over ``iterations`` steps of ``train_generator``."""
     torch.manual_seed(0)
     generator = ReplayGenerator(build_model(ModelConfig(**{**SPLIT_MNIST_GENERATOR, **changes})), "cpvae")
     previous = generator.frozen_copy()
