@@ -25,10 +25,15 @@ with the protocol defaults of ``configs/cl/split_mnist.yaml`` (2000 iterations p
   its VAE has about the arithmetic of van de Ven's DGR VAE (784-400-400, 100-d latent, ReLU), so the
   reference stays put when our generator's defaults change.
 
+``--past COMMIT`` adds ``cpvae@COMMIT``: ``cl-replay run split_mnist --generator cpvae`` with the
+code and defaults of an earlier commit of this repository (``git archive`` into ``--out``), to set
+today's figures beside a measurement made with that code elsewhere, e.g. against a reference that
+cannot run here.
+
 The contenders run one after the other, ``--repeats`` rounds of all of them in turn, so that a busy
 machine weighs on each alike. The table gives the final average accuracy, the command's wall time
 (interpreter start to exit) and ``results.json``'s ``wall_time_s`` (the run itself, data loading and
-evaluation included), the ratio of command wall times to the reference (medians over the repeats),
+evaluation included), the ratio of command wall times to the reference and, with ``--past``, to ``cpvae@COMMIT`` (medians over the repeats),
 and per experience the classifier's and the generator's loop times, the generator's iterations and
 how long the classifier's process waited for the generator (mean over the repeats). It is printed
 and written to ``--out/cl_wall_time.md`` (with every run's figures in ``cl_wall_time.json``).
@@ -65,9 +70,23 @@ TITLES = {
 }
 
 
+def past_name(commit: str) -> str:
+    return f"cpvae@{commit}"
+
+
+def extract_commit(commit: str, out: Path) -> Path:
+    """The tree of ``commit`` (``git archive``) in ``out/code-<commit>``."""
+    folder = out / f"code-{commit}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def run_command(name: str, run_dir: Path, args: argparse.Namespace) -> list[str]:
     """The ``cl-replay run`` command line of contender ``name`` writing to ``run_dir``."""
-    generator, settings = CONTENDERS[name]
+    generator, settings = CONTENDERS.get(name, ("cpvae", {}))
     command = [sys.executable, "-m", "strategies.cli", "split_mnist", "--generator", generator, "--seed",
                str(args.seed), "--out", str(run_dir), "--no-progress"]
     if args.data_root:
@@ -82,10 +101,11 @@ def run_command(name: str, run_dir: Path, args: argparse.Namespace) -> list[str]
 def run_contender(name: str, run_dir: Path, args: argparse.Namespace) -> dict:
     """Run one contender; returns its ``results.json`` figures and the command's wall time."""
     command = run_command(name, run_dir, args)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    code = extract_commit(args.past, run_dir.parent) if name == past_name(args.past or "") else ROOT
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     with open(run_dir.with_suffix(".log"), "w") as log:
-        finished = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        finished = subprocess.run(command, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if finished.returncode != 0:
         tail = run_dir.with_suffix(".log").read_text().splitlines()[-15:]
@@ -102,19 +122,21 @@ def _cell(values: list[float]) -> str:
 
 def markdown(runs: list[dict], args: argparse.Namespace) -> str:
     """The summary table and the per-experience timings."""
-    names = [n for n in CONTENDERS if any(r["contender"] == n for r in runs)]
+    names = list(dict.fromkeys(r["contender"] for r in runs))
     by_name = {n: [r for r in runs if r["contender"] == n] for n in names}
     median_wall = {n: statistics.median(r["command_wall_time_s"] for r in by_name[n]) for n in names}
-    reference = median_wall.get(REFERENCE)
+    references = [(REFERENCE, "reference")] + ([(past_name(args.past), past_name(args.past))] if args.past else [])
     lines = [f"split MNIST, seed {args.seed}, {args.iterations or 'protocol (2000)'} iterations per experience, "
              f"{args.repeats} round(s) of the contenders in turn; wall times are medians over the rounds.", "",
-             "| contender | final average accuracy (%) | command wall time (s) | run wall time (s) | ratio to reference |",
-             "|---|---:|---:|---:|---:|"]
+             "| contender | final average accuracy (%) | command wall time (s) | run wall time (s) | "
+             + " | ".join(f"ratio to {label}" for _, label in references) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(references)]
     for n in names:
         accuracy = statistics.mean(100 * r["final_average_accuracy"] for r in by_name[n])
         run_wall = statistics.median(r["run_wall_time_s"] for r in by_name[n])
-        ratio = f"{median_wall[n] / reference:.2f}" if reference else "–"
-        lines.append(f"| {TITLES[n]} | {accuracy:.2f} | {median_wall[n]:.0f} | {run_wall:.0f} | {ratio} |")
+        ratios = [f"{median_wall[n] / median_wall[ref]:.2f}" if ref in median_wall else "–" for ref, _ in references]
+        title = TITLES.get(n, f"cpvae with the code and defaults of commit {args.past}")
+        lines.append(f"| {title} | {accuracy:.2f} | {median_wall[n]:.0f} | {run_wall:.0f} | {' | '.join(ratios)} |")
     lines += ["", "Per experience (seconds, mean over the rounds): classifier loop, generator loop, generator "
               "iterations, the classifier's process waiting for the generator's worker.", "",
               "| contender | experience | classifier (s) | generator (s) | generator iterations | waited (s) |",
@@ -140,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated subset of {', '.join(CONTENDERS)} (default: all)")
+    parser.add_argument("--past", metavar="COMMIT", help="also run cpvae with the code and defaults of this commit")
     args = parser.parse_args(argv)
     names = [n for n in args.contenders.split(",") if n]
     unknown = sorted(set(names) - set(CONTENDERS))
@@ -148,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 0 or args.repeats < 1:
         parser.error("--iterations must be >= 0 and --repeats >= 1")
     out = Path(args.out)
-    planned = [(r, n, out / f"{n}-r{r + 1}") for r in range(args.repeats) for n in CONTENDERS if n in names]
+    if args.past:
+        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.past}^{{commit}}"], cwd=ROOT,
+                               capture_output=True)
+        if found.returncode != 0:
+            parser.error(f"--past {args.past}: no such commit in {ROOT}")
+    order = [n for n in CONTENDERS if n in names] + ([past_name(args.past)] if args.past else [])
+    planned = [(r, n, out / f"{n}-r{r + 1}") for r in range(args.repeats) for n in order]
     taken = [str(d) for _, _, d in planned if d.exists()]
     if taken:
         parser.error(f"run folders already exist: {', '.join(taken)}; choose another --out or remove them")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributions import LOG_2PI, gaussian_kl, gaussian_log_prob, standard_normal_kl
+from .distributions import LOG_2PI, gaussian_log_prob, standard_normal_kl
 from .layers import glorot_linear, mlp
 
 
@@ -83,10 +83,6 @@ class ConditionalGaussianPrior(nn.Module):
         """z ~ p(z|c) for each integer category in ``category``; shape category.shape + (D,)."""
         mean, std = self.mean[category], self.log_std[category].exp()
         return mean + std * torch.randn_like(mean)
-
-    def kl(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-        """KL(q(z|x,c_k) || p(z|c_k)) in closed form for posteriors given per category: (..., K, D) -> (..., K)."""
-        return gaussian_kl(mean, log_var, self.mean, self.log_var)
 
 
 MIXTURE_CHUNK_ELEMENTS = 1 << 24

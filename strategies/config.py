@@ -36,7 +36,10 @@ class CLConfig:
     trained after the last experience unless ``train_generator_after_last_experience``. With
     ``parallel_generator`` the generator trains in a worker process beside the classifier, each on
     ``threads`` torch threads; with ``pool_threads`` the worker takes the main process's threads too
-    while the main process waits for it (same results bit for bit, less wall time).
+    while the main process waits for it (same results bit for bit, less wall time); with
+    ``pool_classifier_threads`` the classifier takes the worker's threads in the last experience, after
+    which the generator does not train (less wall time; that experience's classifier differs from a run
+    without it in the last bits).
     """
 
     stream: str = "split_mnist"
@@ -77,6 +80,7 @@ class CLConfig:
     threads: int = 1
     parallel_generator: bool = True
     pool_threads: bool = True
+    pool_classifier_threads: bool = True
     progress: bool = True
     download: bool = True
     on_nan: str = "stop"

@@ -319,18 +319,22 @@ class CPVAEReplayPlugin(ReplayPlugin):
         after the last one (nothing replays from it). Without it, it is trained after every experience.
     :param pooled_threads: with a ``worker``, the torch threads of both processes together, which the
         worker uses while the main process waits for it (results unchanged bit for bit); 0: never.
+    :param classifier_pooled_threads: with a ``worker`` and a ``stream_length``, the torch threads the
+        main process takes in the last experience, where the worker is idle (the classifier's training
+        then differs in the last bits); 0: never.
     Other keyword arguments are ``ReplayPlugin``'s.
     """
 
     def __init__(self, generator: nn.Module, *, num_classes: int, schedule: GeneratorSchedule | None = None,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), worker=None, writer=None,
                  class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None,
-                 pooled_threads: int = 0, **options) -> None:
+                 pooled_threads: int = 0, classifier_pooled_threads: int = 0, **options) -> None:
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         source = GeneratorReplay(generator, schedule or GeneratorSchedule(), lr=lr, betas=betas, writer=writer,
                                  worker=worker, class_balance=class_balance, balance_samples=balance_samples,
-                                 stream_length=stream_length, pooled_threads=pooled_threads)
+                                 stream_length=stream_length, pooled_threads=pooled_threads,
+                                 classifier_pooled_threads=classifier_pooled_threads)
         super().__init__(source, num_classes=num_classes, **options)
 
     @property

@@ -210,6 +210,7 @@ class ReplayStrategy(SupervisedTemplate):
         self.timing.append({"experience": self.t, "classifier_iterations": self.iterations,
                             "classifier_wall_time_s": wall,
                             "classifier_ms_per_iteration": 1000.0 * wall / max(1, self.iterations),
+                            "classifier_threads": torch.get_num_threads(),
                             "classifier_skipped_steps": self.skipped_steps})
         super()._after_training_epoch(**kwargs)
 

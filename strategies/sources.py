@@ -138,7 +138,11 @@ class GeneratorReplay(ReplaySource):
     experience t runs in that process while the classifier trains on t (both only need the copy
     frozen at the end of t-1); ``end_experience`` waits for it and loads the new weights. With
     ``pooled_threads`` (the threads of both processes together) the worker takes the main process's
-    threads too while the main process waits for it (the results stay the same bit for bit).
+    threads too while the main process waits for it (the results stay the same bit for bit). With
+    ``classifier_pooled_threads`` the main process takes that many threads in an experience after
+    which the generator does not train, when the worker has nothing to do; the classifier's training
+    in that experience then differs in the last bits (the weight gradient of its output layer, a sum
+    over the batch, is split over threads differently).
 
     Given ``stream_length`` (the number of experiences), the generator is not trained after the
     last one: nothing would replay from it. Without it the stream may go on, and the generator is
@@ -148,10 +152,11 @@ class GeneratorReplay(ReplaySource):
     def __init__(self, generator: GeneratorCore, schedule: GeneratorSchedule, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), writer=None, batch_hook=None, worker=None,
                  class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None,
-                 pooled_threads: int = 0) -> None:
+                 pooled_threads: int = 0, classifier_pooled_threads: int = 0) -> None:
         self.generator = generator
         self.own_threads = torch.get_num_threads()
         self.pooled_threads = pooled_threads if worker is not None else 0
+        self.classifier_pooled_threads = classifier_pooled_threads if worker is not None else 0
         self.stream_length = stream_length
         self.schedule = schedule
         self.class_balance = class_balance
@@ -191,6 +196,8 @@ class GeneratorReplay(ReplaySource):
             if self.pooled_threads:
                 self.worker.grant_threads(self.own_threads)
             self.worker.submit(data.x, t, self.schedule)
+        elif self.classifier_pooled_threads:
+            torch.set_num_threads(self.classifier_pooled_threads)
 
     def _balanced_weights(self, classify, replay_classes: list[int]) -> torch.Tensor:
         """Class-balanced replay: category weights that make the replay's class histogram, as
@@ -223,6 +230,8 @@ class GeneratorReplay(ReplaySource):
         return self.sampler.sample(n), None, None
 
     def end_experience(self, data, t, progress=None):
+        if torch.get_num_threads() != self.own_threads:
+            torch.set_num_threads(self.own_threads)
         if not self.trains_after(t):
             stats = {"experience": t, "iterations": 0}
         elif self.worker is None:

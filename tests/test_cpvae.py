@@ -182,3 +182,30 @@ def test_cp1_is_a_single_learned_gaussian_prior():
     loss, _ = model.loss(x)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("posterior_sees_category", [True, False])
+def test_kl_per_category_and_its_gradients_match_torch_distributions_where_log_variances_clip(posterior_sees_category):
+    """The expanded KL(q(z|x,c_k) || p(z|c_k)) of every category, against torch.distributions on the
+    explicit per-category posteriors, with spread-out prior means and log-variances pushed past
+    both ends of the clip [-6, 2]; values and the gradients of every input and parameter."""
+    torch.manual_seed(0)
+    model = small_cpvae(posterior_sees_category=posterior_sees_category)
+    with torch.no_grad():
+        model.posterior.linear.weight.mul_(8.0)
+        model.prior.mean.normal_(0.0, 3.0)
+        model.prior.log_std.uniform_(-2.0, 1.0)
+    h = torch.randn(6, 16, requires_grad=True)
+    base = model.posterior.base(h)
+    _, log_var = model.posterior.from_base(base)
+    assert (log_var == -6.0).any() and (log_var == 2.0).any()
+    ours = model.posterior.kl_per_category(base, model.prior)
+    mean_k, log_var_k = model.posterior.from_base(base)
+    prior = diag_normal(model.prior.mean, 2 * model.prior.log_std)
+    expected = kl_divergence(diag_normal(mean_k.expand(-1, 4, -1), log_var_k.expand(-1, 4, -1)), prior)
+    torch.testing.assert_close(ours, expected)
+    weights = torch.rand(6, 4)
+    inputs = [h, model.prior.mean, model.prior.log_std, model.posterior.linear.weight, model.posterior.linear.bias]
+    for ours_grad, expected_grad in zip(torch.autograd.grad((weights * ours).sum(), inputs, retain_graph=True),
+                                        torch.autograd.grad((weights * expected).sum(), inputs)):
+        torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-4, atol=1e-4)

@@ -543,7 +543,8 @@ def test_pooled_threads_leave_a_run_bit_for_bit_the_same(tmp_path):
     runs = {}
     for pool in (False, True):
         cl = tiny_cl_config(tmp_path / str(pool), iterations=6, batch_size=128, replay_batch_size=128, fc_units=400,
-                            replay_labels="soft", parallel_generator=True, pool_threads=pool)
+                            replay_labels="soft", parallel_generator=True, pool_threads=pool,
+                            pool_classifier_threads=False)
         runs[pool] = run_experiment(cl, ModelConfig(model="cpvae", input_dim=784, latent_dim=40, hidden=300, categories=8),
                                     stream=stream, echo=lambda *_: None)
         assert torch.get_num_threads() == 1  # the run hands the main process's threads back
@@ -553,6 +554,21 @@ def test_pooled_threads_leave_a_run_bit_for_bit_the_same(tmp_path):
     checkpoints = [torch.load(tmp_path / str(pool) / "run" / "checkpoint.pt") for pool in (False, True)]
     for part in ("classifier", "generator"):
         assert all(torch.equal(checkpoints[0][part][k], checkpoints[1][part][k]) for k in checkpoints[0][part]), part
+
+
+def test_classifier_takes_the_idle_workers_threads_in_the_last_experience_only(tmp_path):
+    """With ``pool_classifier_threads`` the classifier trains on both threads in the last experience
+    (the worker has no generator to train then) and on its own one before; the run up to the last
+    experience is the same bit for bit as without it, and the main process gets its thread back."""
+    stream = synthetic_stream(3)
+    runs = {}
+    for pool in (False, True):
+        cl = tiny_cl_config(tmp_path / str(pool), iterations=6, parallel_generator=True, pool_classifier_threads=pool)
+        runs[pool] = run_experiment(cl, tiny_model_config(), stream=stream, echo=lambda *_: None)
+        assert torch.get_num_threads() == 1
+    assert [t["classifier_threads"] for t in runs[True]["timing"]] == [1, 1, 2]
+    assert [t["classifier_threads"] for t in runs[False]["timing"]] == [1, 1, 1]
+    assert runs[True]["accuracy_matrix"][:2] == runs[False]["accuracy_matrix"][:2]
 
 
 def test_generator_batches_can_differ_from_the_classifiers(tmp_path):

@@ -120,6 +120,34 @@ class CategoryConditionedGaussian(nn.Module):
         mean, log_var = params.chunk(2, dim=-1)
         return mean, F.hardtanh(log_var, -6.0, 2.0)
 
+    def kl_per_category(self, base: torch.Tensor, prior: ConditionalGaussianPrior) -> torch.Tensor:
+        """KL(q(z|x,c_k) || p(z|c_k)) for every category k from ``base(h)``: (B, 2D) -> (B, K).
+
+        With q's mean m + u_k (m from ``base``, u_k the category's column of the weights), clipped
+        log-variance s_k and p(z|c_k) = N(mu_k, diag exp(l_k)), writing v_k = u_k - mu_k,
+
+            KL_k = 1/2 sum_d [l_kd - s_kd + exp(s_kd - l_kd) + (m_d + v_kd)^2 exp(-l_kd) - 1],
+
+        and the squared distance expands into matrix products over d:
+        sum_d (m_d + v_kd)^2 exp(-l_kd) = (m^2) . exp(-l_k) + 2 m . (v_k exp(-l_k)) + v_k^2 . exp(-l_k).
+        Only the clipped log-variances are formed per category (none when the posterior ignores c),
+        not the K means: the same KL as ``gaussian_kl`` on ``from_base(base)`` with fewer (B, K, D)
+        tensors in the forward and backward passes."""
+        mean, log_var_base = base.chunk(2, dim=-1)
+        precision = torch.exp(-prior.log_var)  # (K, D)
+        weight_c = self.linear.weight[:, self.hidden :]
+        if weight_c.shape[1] == 0:
+            log_var = F.hardtanh(log_var_base, -6.0, 2.0)  # (B, D), every category's
+            variance_terms = torch.exp(log_var) @ precision.t() - log_var.sum(-1, keepdim=True)
+            offsets = -prior.mean
+        else:
+            mean_offsets, log_var_offsets = weight_c.t().chunk(2, dim=-1)  # (K, D) each
+            log_var = F.hardtanh(log_var_base.unsqueeze(1) + log_var_offsets, -6.0, 2.0)  # (B, K, D)
+            variance_terms = (torch.exp(log_var) * precision - log_var).sum(-1)
+            offsets = mean_offsets - prior.mean
+        squared_distance = (mean * mean) @ precision.t() + 2.0 * mean @ (offsets * precision).t() + (offsets * offsets * precision).sum(-1)
+        return 0.5 * (prior.log_var.sum(-1) + variance_terms + squared_distance - mean.shape[-1])
+
 
 class CPVAE(GenerativeModel):
     """CP-VAE with K categories; K = 1 is the paper's CP1 (one learned Gaussian prior, eq. 15)."""
@@ -192,8 +220,8 @@ class CPVAE(GenerativeModel):
         h, log_pi = self.encode(x)
         pi = log_pi.exp()
         base = self.posterior.base(h)
-        mean_k, log_var_k = self.posterior.from_base(base)  # (B, K, D), or (B, 1, D) if q(z|x,c) = q(z|x)
         if self.config.category_estimator == "exact":
+            mean_k, log_var_k = self.posterior.from_base(base)  # (B, K, D), or (B, 1, D) if q(z|x,c) = q(z|x)
             reconstruction = self._expected_reconstruction(x, pi, mean_k, log_var_k)
         else:
             c = gumbel_softmax_sample(log_pi, self.temperature, hard=not self.training)
@@ -203,7 +231,7 @@ class CPVAE(GenerativeModel):
         terms = {
             "reconstruction": reconstruction,
             "kl_c": categorical_kl_uniform(log_pi),
-            "kl_z": (pi * self.prior.kl(mean_k, log_var_k)).sum(-1),
+            "kl_z": (pi * self.posterior.kl_per_category(base, self.prior)).sum(-1),
         }
         if self.training and self._anchored():
             with torch.no_grad():
