@@ -3,6 +3,7 @@
     python benchmarks/clustering_ablation.py --out ~/runs/clustering --seeds 0 --data-root ../shared/datasets
     python benchmarks/clustering_ablation.py --out ~/runs/clustering --report-only
     python benchmarks/clustering_ablation.py --progress ~/runs/full/cpvae-mnist-s*
+    python benchmarks/clustering_ablation.py --progress ~/runs/full/cpvae-mnist-s* --test --data-root ../shared/datasets
 
 Each variant is a config file (default: configs/clustering/*.yaml); a cell is
 ``cl-replay pretrain --config VARIANT.yaml --seed S --out OUT/VARIANT-sS``. Finished cells
@@ -15,7 +16,9 @@ mean ± std over the finished seeds, and the cost of one training step relative 
 Gumbel-softmax variant, measured in this process (one thread, batch 100, MNIST-sized model), since
 wall times of runs that shared a machine do not compare. ``--progress RUN_DIR ...`` prints, for
 pretraining runs still in progress (or finished), the latest epoch's validation figures from their
-TensorBoard events.
+TensorBoard events; with ``--test``, also the test figures of each run's best checkpoint so far
+(``checkpoints/best.pt``, read only: the run goes on undisturbed): the single-sample negative ELBO in
+evaluation mode and the cluster accuracy of argmax q(c|x); the NLL is left to the run's own end.
 """
 from __future__ import annotations
 
@@ -78,6 +81,36 @@ def progress(run_dirs: list[Path]) -> str:
         rows.append(f"| {run_dir.name} | {last['val/neg_elbo'].step} | {last['train/beta'].value:.2f} "
                     f"| {100 * last['val/cluster_accuracy'].value:.1f}% | {int(last['val/categories_in_use'].value)} "
                     f"| {last['val/neg_elbo'].value:.2f} | {status} |")
+    return "\n".join(rows)
+
+
+def interim_test(run_dirs: list[Path], data_root: str | None) -> str:
+    """Test negative ELBO and cluster accuracy of every run's best checkpoint so far."""
+    import torch
+
+    from cl_replay import evaluation
+    from cl_replay.config import build_configs, read_yaml
+    from cl_replay.data import load_dataset
+    from cl_replay.models import build_model
+    from cl_replay.settings import ModelConfig, TrainConfig
+    from cl_replay.trainer import load_checkpoint
+
+    rows = ["| run | best epoch so far | test neg. ELBO | test cluster accuracy |", "|---|---:|---:|---:|"]
+    splits: dict[str, object] = {}
+    for run_dir in run_dirs:
+        model_config, train_config = build_configs(read_yaml(run_dir / "config.yaml"), ModelConfig, TrainConfig,
+                                                   source=str(run_dir / "config.yaml"))
+        if train_config.dataset not in splits:
+            splits[train_config.dataset] = load_dataset(train_config.dataset, data_root or train_config.data_root or None)
+        test = splits[train_config.dataset].test
+        checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt", torch.device("cpu"))
+        model = build_model(model_config)
+        model.load_state_dict(checkpoint["model"])
+        torch.manual_seed(train_config.seed)
+        neg_elbo = evaluation.elbo_terms(model, test.x)["neg_elbo"]
+        clusters = model.eval().categorize(test.x)
+        accuracy = "–" if clusters is None else f"{100 * evaluation.cluster_accuracy(clusters.numpy(), test.y.numpy())[0]:.1f}%"
+        rows.append(f"| {run_dir.name} | {checkpoint['best_epoch']} | {neg_elbo:.2f} | {accuracy} |")
     return "\n".join(rows)
 
 
@@ -195,9 +228,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="Cells run side by side (default 2).")
     parser.add_argument("--data-root")
     parser.add_argument("--report-only", action="store_true", help="Only write the report of finished cells.")
+    parser.add_argument("--test", action="store_true", help="With --progress: test figures of the best checkpoints so far.")
     args = parser.parse_args()
     if args.progress:
         print(progress(args.progress))
+        if args.test:
+            print("\n" + interim_test(args.progress, args.data_root))
         return
     if args.out is None:
         parser.error("--out is required (or --progress RUN_DIR ...)")
