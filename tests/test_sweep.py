@@ -171,6 +171,15 @@ def test_continual_learning_cells_take_the_stream_config_and_two_cpus():
     assert cells[0].cpus(gpus_per_trial=0.5) == 1
 
 
+def test_fashion_mnist_spec_runs_every_generator_over_three_seeds_on_its_stream_config():
+    spec_path = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "cl_split_fashion_mnist.yaml"
+    cells = expand(load_spec(spec_path))
+    assert len(cells) == 15 and {cell.values["seed"] for cell in cells} == {0, 1, 2}
+    assert {cell.values["generator"] for cell in cells} == {"cpvae", "vae", "buffer", "none", "joint"}
+    cl, model = cells[0].configs
+    assert (cl.stream, cl.replay_labels, cl.iterations, model.categories) == ("split_fashion_mnist", "soft", 2000, 20)
+
+
 def test_table1_spec_holds_the_paper_protocol():
     spec_path = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "table1_mnist.yaml"
     cells = expand(load_spec(spec_path))
