@@ -85,7 +85,8 @@ def extract_commit(commit: str, out: Path) -> Path:
 
 
 def run_command(name: str, run_dir: Path, args: argparse.Namespace) -> list[str]:
-    """The ``cl-replay run`` command line of contender ``name`` writing to ``run_dir``."""
+    """The ``cl-replay run`` command line of contender ``name`` writing to ``run_dir`` (``cpvae@COMMIT``:
+    cpvae with that code's defaults)."""
     generator, settings = CONTENDERS.get(name, ("cpvae", {}))
     command = [sys.executable, "-m", "strategies.cli", "split_mnist", "--generator", generator, "--seed",
                str(args.seed), "--out", str(run_dir), "--no-progress"]
@@ -101,7 +102,7 @@ def run_command(name: str, run_dir: Path, args: argparse.Namespace) -> list[str]
 def run_contender(name: str, run_dir: Path, args: argparse.Namespace) -> dict:
     """Run one contender; returns its ``results.json`` figures and the command's wall time."""
     command = run_command(name, run_dir, args)
-    code = extract_commit(args.past, run_dir.parent) if name == past_name(args.past or "") else ROOT
+    code = ROOT if name in CONTENDERS else extract_commit(args.past, run_dir.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     with open(run_dir.with_suffix(".log"), "w") as log:

@@ -205,8 +205,8 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
                            batch_hook=batch_hook, worker=worker, class_balance=cl.replay_balance == "class",
                            balance_samples=cl.balance_samples,
                            stream_length=None if cl.train_generator_after_last_experience else stream_length,
-                           pooled_threads=2 * cl.threads if cl.pool_threads and worker is not None else 0,
-                           classifier_pooled_threads=2 * cl.threads if cl.pool_classifier_threads and worker is not None else 0)
+                           pooled_threads=2 * cl.threads if cl.pool_threads else 0,
+                           classifier_pooled_threads=2 * cl.threads if cl.pool_classifier_threads else 0)
 
 
 def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, stream=None,
