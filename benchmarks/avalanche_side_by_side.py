@@ -2,6 +2,12 @@
 
     python benchmarks/avalanche_side_by_side.py --data-root ../shared/datasets             # 3 seeds
     python benchmarks/avalanche_side_by_side.py --data-root ../shared/datasets --seeds 1 --epochs 1 --limit 200
+    python benchmarks/avalanche_side_by_side.py --data-root ../shared/datasets --rows plugin --out plugin.json
+    python benchmarks/avalanche_side_by_side.py --report avalanche.json plugin.json
+
+With ``--out`` the results are written after every run and a second call with the same settings
+skips the runs already there, so an interrupted benchmark resumes; rows can run as parallel
+processes with their own ``--out`` files, and ``--report`` joins them into one table.
 
 Settings of ContinualAI's continual-learning-baselines for ``GenerativeReplay`` on split MNIST:
 classifier MLP 784-400-400-10 with ReLU, 10 epochs per experience, batch 16, Adam lr 1e-3,
@@ -69,6 +75,8 @@ ROWS = {
     "plugin": "(c) Naive + CPVAEReplayPlugin",
 }
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# The arguments that change a run's result; a --out file holds runs of one setting only.
+SETTINGS = ("epochs", "batch", "replay", "lr", "aggregate_samples", "limit", "device")
 
 
 def limited_stream(data_root: str | None, seed: int, limit: int):
@@ -158,16 +166,35 @@ def run_row(row: str, stream, seed: int, args, device) -> dict:
             "accuracy_per_experience": accuracies, "wall_time_s": wall}
 
 
+def previous_runs(path: Path, settings: dict) -> list[dict]:
+    """The runs recorded in ``path`` by an earlier call with the same ``settings`` (none if it is absent)."""
+    if not path.exists():
+        return []
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {path} is not a results file of this benchmark ({error}); move it away or pick "
+                         "another --out") from None
+    if recorded.get("settings") != settings:
+        raise SystemExit(f"error: {path} holds runs with other settings ({recorded.get('settings')}); pick another "
+                         "--out to run these")
+    print(f"{path}: {len(recorded['runs'])} runs already done, kept")
+    return recorded["runs"]
+
+
 def summary(results: list[dict]) -> str:
-    lines = ["| method | final average accuracy (%) | wall time (s) | seeds |", "|---|---:|---:|---:|"]
+    lines = ["| method | final average accuracy (%) | per seed (seed: %) | wall time per run (s) | seeds |",
+             "|---|---:|---|---:|---:|"]
     for row, title in ROWS.items():
-        runs = [r for r in results if r["row"] == row]
+        runs = sorted((r for r in results if r["row"] == row), key=lambda r: r["seed"])
         if not runs:
             continue
         acc = [100 * r["final_average_accuracy"] for r in runs]
         wall = [r["wall_time_s"] for r in runs]
         spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
-        lines.append(f"| {title} | {statistics.mean(acc):.2f}{spread} | {statistics.mean(wall):.0f} | {len(runs)} |")
+        per_seed = ", ".join(f"{r['seed']}: {a:.2f}" for r, a in zip(runs, acc))
+        lines.append(f"| {title} | {statistics.mean(acc):.2f}{spread} | {per_seed} | {statistics.mean(wall):.0f} | "
+                     f"{len(runs)} |")
     return "\n".join(lines)
 
 
@@ -184,13 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most N training examples per experience (smoke runs)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="write every run's results to this JSON file")
+    parser.add_argument("--out", default=None,
+                        help="JSON file of every run's results, rewritten after each run; runs already in it with "
+                             "the same settings are kept, not run again (an interrupted benchmark resumes)")
+    parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                        help="print the table of the runs in these --out files (e.g. of parallel processes) and exit")
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown or args.seeds < 1:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}" if unknown else "--seeds must be >= 1")
 
+    if args.report:
+        print(summary([run for path in args.report for run in json.loads(Path(path).read_text())["runs"]]))
+        return 0
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    results = previous_runs(Path(args.out), settings) if args.out else []
     torch.set_flush_denormal(True)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -199,13 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"split MNIST, {args.epochs} epochs, batch {args.batch} + {args.replay} replayed, Adam {args.lr}; "
           f"limit {args.limit or 'none'}; denormals flushed to zero in every row (torch.set_flush_denormal(True)); "
           f"{torch.get_num_threads()} torch threads, device {device}")
-    results = []
+    done = {(run["row"], run["seed"]) for run in results}
     try:
         for seed in range(args.seeds):
-            stream = limited_stream(args.data_root, seed, args.limit)
-            for row in rows:
+            todo = [row for row in rows if (row, seed) not in done]
+            stream = limited_stream(args.data_root, seed, args.limit) if todo else None
+            for row in todo:
                 result = run_row(row, stream, seed, args, device)
                 results.append(result)
+                if args.out:
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.out).write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
                 print(f"seed {seed} {ROWS[row]}: {100 * result['final_average_accuracy']:.2f}% "
                       f"({' '.join(f'{100 * a:.1f}' for a in result['accuracy_per_experience'])}), "
                       f"{result['wall_time_s']:.0f} s", flush=True)
@@ -213,9 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(summary(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
     return 0
 
 
