@@ -39,7 +39,10 @@ class CLConfig:
     while the main process waits for it (same results bit for bit, less wall time); with
     ``pool_classifier_threads`` the classifier takes the worker's threads in the last experience, after
     which the generator does not train (less wall time; that experience's classifier differs from a run
-    without it in the last bits).
+    without it in the last bits). ``gen_label_weight`` w > 0 ties CP-VAE's categories to classes: category
+    k belongs to class k mod C, and the generator's loss adds w * (-log q(class of the row | x)) for
+    its current data and its own replay (``strategies.generator_core``); 0 leaves them unsupervised, and
+    generators without categories ignore it.
     """
 
     stream: str = "split_mnist"
@@ -71,6 +74,7 @@ class CLConfig:
     gen_kl_warmup: int = 0
     gen_temperature_iterations: int = 0
     gen_temperature_restart: bool = True
+    gen_label_weight: float = 0.0
     aggregate_samples: int = 10000
     replay_chunk: int = REPLAY_CHUNK
     train_generator_after_last_experience: bool = False
@@ -122,7 +126,7 @@ def check_values(values: dict[str, Any]) -> None:
                                     "replay_chunk"),
                   non_negative=("n_experiences", "joint_iterations", "gen_iterations", "gen_batch_size",
                                 "gen_replay_batch_size", "gen_kl_warmup", "gen_temperature_iterations",
-                                "grid_samples", "threads"))
+                                "grid_samples", "threads", "gen_label_weight"))
 
 
 def configs_from_values(values: dict[str, Any], source: str) -> tuple[CLConfig, ModelConfig]:

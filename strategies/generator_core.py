@@ -21,6 +21,12 @@ by iteration counts so they work with 2000 iterations per experience:
   experience if ``temperature_restart`` (new classes can claim categories at a high temperature)
   or from the first experience otherwise.
 
+Categories tied to classes (``label_weight`` w > 0, CP-VAE): category k belongs to class
+k mod C (C = ``label_classes``, the stream's classes), and every training row adds
+w * (-log sum_{k mod C = y} q(c_k|x)) to its loss, y being the row's label: the data's own label, or,
+for a replayed row, the class of the category it was drawn from. The categories of each class then
+hold that class only, and replay drawn by category is replay drawn by class.
+
 After training, a categorical generator (CP-VAE) refits its aggregated posterior over everything
 it has learned so far: q(c) = (1/t) mean_{x in current data} q(c|x) + (1 - 1/t) mean_{x ~ replay} q(c|x),
 the replay drawn (``aggregate_samples`` of them) from the previous frozen generator.
@@ -34,6 +40,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from cl_replay.divergence import loss_is_finite
 
@@ -47,6 +54,7 @@ __all__ = [
     "GeneratorSchedule",
     "GeneratorState",
     "ReplayChunks",
+    "category_mask",
     "make_adam",
     "refit_aggregated_posterior",
     "train_generator",
@@ -210,6 +218,17 @@ class GeneratorReplaySampler:
             return self.generator.generate(n)
         return self.generator.sample_categories(self.schedule.next_categories(n).to(self.generator.device))
 
+    def sample_with_categories(self, n: int) -> TensorDataset:
+        """Like ``sample`` (a categorical generator only), with the category of every sample: rows
+        (x, c) that slice together."""
+        categories = self.schedule.next_categories(n).to(self.generator.device)
+        return TensorDataset(self.generator.sample_categories(categories), categories)
+
+
+def category_mask(labels: torch.Tensor, categories: int, classes: int) -> torch.Tensor:
+    """(B, K) booleans: category k is allowed for label y when k mod ``classes`` = y."""
+    return torch.arange(categories, device=labels.device) % classes == labels.unsqueeze(1)
+
 
 class ReplayChunks:
     """Replay batches of ``batch_size`` rows served from chunks drawn ahead.
@@ -262,7 +281,9 @@ class GeneratorSchedule:
     aggregate_samples: int = 10000
     replay_chunk: int = REPLAY_CHUNK
     log_every: int = 50
-    on_nan: str = "stop"  # a non-finite loss stops training (DivergenceError) or, "skip", skips the step
+    on_nan: str = "stop"
+    label_weight: float = 0.0  # > 0: categories tied to classes (module docstring)
+    label_classes: int = 0  # a non-finite loss stops training (DivergenceError) or, "skip", skips the step
 
 
 @dataclass
@@ -293,8 +314,10 @@ def train_generator(
     progress=None,
     writer=None,
     batch_hook=None,
+    data_y: torch.Tensor | None = None,
 ) -> dict:
     """Train ``generator`` on ``data_x`` plus replay from ``previous`` (experience ``experience``, 1-based).
+    With ``schedule.label_weight`` > 0 the categories are tied to classes, ``data_y`` the labels.
 
     ``batch_hook(x_current, x_replay)`` (tests) sees every training batch. Returns statistics:
     iterations, wall time, ms per iteration, final loss terms, replay samples seen, q(c).
@@ -304,11 +327,15 @@ def train_generator(
     n_data = data_x.shape[0]
     t = experience
     weight_current = 1.0 / t
+    labelled = schedule.label_weight > 0
+    if labelled and (data_y is None or not generator.categorical or schedule.label_classes < 1):
+        raise ValueError("categories tied to classes need a categorical generator, the data's labels and label_classes")
     replay = None
     if previous is not None and t > 1:
         total = schedule.iterations * schedule.replay_batch_size
-        replay = ReplayChunks(GeneratorReplaySampler(previous, total).sample, schedule.replay_batch_size,
-                              schedule.replay_chunk, total)
+        sampler = GeneratorReplaySampler(previous, total)
+        replay = ReplayChunks(sampler.sample_with_categories if labelled else sampler.sample,
+                              schedule.replay_batch_size, schedule.replay_chunk, total)
     model.train()
     optimizer = state.optimizer
     order = torch.randperm(n_data, device=device)
@@ -322,19 +349,29 @@ def train_generator(
     for i in range(schedule.iterations):
         if position + schedule.batch_size > n_data:
             order, position = torch.randperm(n_data, device=device), 0
-        x = data_x[order[position : position + schedule.batch_size]]
+        rows = order[position : position + schedule.batch_size]
+        x = data_x[rows]
         position += schedule.batch_size
         beta = min(1.0, (state.iteration + 1) / schedule.kl_warmup) if schedule.kl_warmup > 0 else 1.0
         local = i if schedule.temperature_restart else state.iteration
         temperature = _set_temperature(model, local / max(1, schedule.temperature_iterations))
         x_replay = replay.next() if replay is not None else None
+        mask = None
+        if labelled:
+            labels = data_y[rows]
+            if x_replay is not None:
+                x_replay, replay_categories = x_replay
+                labels = torch.cat([labels, replay_categories % schedule.label_classes])
+            mask = category_mask(labels, len(generator.q_c), schedule.label_classes)
         if batch_hook is not None:
             batch_hook(x, x_replay)
         n = x.shape[0]
         batch = x if x_replay is None else torch.cat([x, x_replay])
-        terms = model.elbo_terms(batch)
+        terms = model.elbo_terms(batch) if mask is None else model.elbo_terms(batch, category_mask=mask)
         kl = sum(v for k, v in terms.items() if k.startswith("kl"))
         per_example = terms["reconstruction"] + beta * kl
+        if mask is not None:
+            per_example = per_example + schedule.label_weight * terms["category_label_nll"]
         if x_replay is None:
             loss = per_example.mean()
         else:
@@ -354,6 +391,8 @@ def train_generator(
             current = {"loss": loss.detach(), "neg_elbo_current": (terms["reconstruction"][:n] + kl[:n]).mean()}
             if x_replay is not None:
                 current["neg_elbo_replay"] = (terms["reconstruction"][n:] + kl[n:]).mean()
+            if mask is not None:
+                current["category_label_nll"] = terms["category_label_nll"].mean()
             for k, v in current.items():
                 logged_sum[k] = logged_sum.get(k, 0.0) + v.detach()
         logged_count += 1
@@ -371,7 +410,8 @@ def train_generator(
     wall = time.perf_counter() - start
     model.eval()
     fit_start = time.perf_counter()
-    q_c = refit_aggregated_posterior(generator, previous, data_x, t, schedule.aggregate_samples)
+    q_c = refit_aggregated_posterior(generator, previous, data_x, t, schedule.aggregate_samples,
+                                     data_y if labelled else None, schedule.label_classes)
     stats = {
         "experience": t,
         "iterations": schedule.iterations,
@@ -389,22 +429,31 @@ def train_generator(
 
 @torch.no_grad()
 def refit_aggregated_posterior(
-    generator: GeneratorCore, previous: GeneratorCore | None, data_x: torch.Tensor, t: int, replay_samples: int
+    generator: GeneratorCore, previous: GeneratorCore | None, data_x: torch.Tensor, t: int, replay_samples: int,
+    data_y: torch.Tensor | None = None, label_classes: int = 0,
 ) -> torch.Tensor | None:
-    """q(c) over current data and (t > 1) replay of the previous generator, weighted 1/t and 1 - 1/t."""
+    """q(c) over current data and (t > 1) replay of the previous generator, weighted 1/t and 1 - 1/t.
+    With ``data_y`` (categories tied to ``label_classes`` classes) of q(c|x,y), the replay's y being
+    the class of the category it was drawn from."""
     model = generator.model
-    x_replay = None
+    x_replay = replay_mask = None
     if previous is not None and t > 1 and replay_samples > 0:
         sampler = GeneratorReplaySampler(previous, replay_samples)
-        x_replay = torch.cat([sampler.sample(min(1000, replay_samples - k)) for k in range(0, replay_samples, 1000)])
+        sizes = [min(1000, replay_samples - k) for k in range(0, replay_samples, 1000)]
+        if data_y is None:
+            x_replay = torch.cat([sampler.sample(n) for n in sizes])
+        else:
+            x_replay, c_replay = (torch.cat(parts) for parts in zip(*(sampler.sample_with_categories(n)[:] for n in sizes)))
+            replay_mask = category_mask(c_replay % label_classes, len(generator.q_c), label_classes)
     if not generator.categorical:
         model.fit_generation(data_x if x_replay is None else torch.cat([data_x, x_replay]))
         return None
-    model.fit_generation(data_x)
+    data_mask = None if data_y is None else category_mask(data_y, len(generator.q_c), label_classes)
+    model.fit_generation(data_x, category_mask=data_mask)
     q_current = model.aggregated_posterior.clone()
     if x_replay is None:
         return q_current
-    model.fit_generation(x_replay)
+    model.fit_generation(x_replay, category_mask=replay_mask)
     q = q_current / t + (1.0 - 1.0 / t) * model.aggregated_posterior
     model.aggregated_posterior.copy_(q / q.sum())
     return model.aggregated_posterior.clone()

@@ -38,7 +38,7 @@ template already computed the replay logits in its forward pass and set ``replay
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -308,7 +308,9 @@ class CPVAEReplayPlugin(ReplayPlugin):
         strategy = Naive(model=classifier, optimizer=optimizer, plugins=[replay], ...)
 
     :param generator: a ``cl_replay`` generative model, or a ``ReplayGenerator`` / ``GeneratorCore``.
-    :param schedule: how the generator trains after each experience (``GeneratorSchedule``).
+    :param schedule: how the generator trains after each experience (``GeneratorSchedule``);
+        ``GeneratorSchedule(label_weight=1.0)`` ties the categories to classes (category k to class
+        k mod ``label_classes``, by default ``num_classes``; it needs K >= that many categories).
     :param lr, betas: the generator's Adam.
     :param worker: a ``GeneratorWorker`` to train the generator in a parallel process.
     :param writer: a TensorBoard ``SummaryWriter`` for the generator's losses.
@@ -331,7 +333,10 @@ class CPVAEReplayPlugin(ReplayPlugin):
                  pooled_threads: int = 0, classifier_pooled_threads: int = 0, **options) -> None:
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
-        source = GeneratorReplay(generator, schedule or GeneratorSchedule(), lr=lr, betas=betas, writer=writer,
+        schedule = schedule or GeneratorSchedule()
+        if schedule.label_weight > 0 and not schedule.label_classes:
+            schedule = replace(schedule, label_classes=num_classes)
+        source = GeneratorReplay(generator, schedule, lr=lr, betas=betas, writer=writer,
                                  worker=worker, class_balance=class_balance, balance_samples=balance_samples,
                                  stream_length=stream_length, pooled_threads=pooled_threads,
                                  classifier_pooled_threads=classifier_pooled_threads)

@@ -173,7 +173,7 @@ def _replay_semantics(replay, strategy, stream, image_shape, run_dir: Path, expe
 
 
 def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, device: torch.device, writer,
-                  stream_length: int, batch_hook=None):
+                  stream_length: int, num_classes: int, batch_hook=None):
     from .generators import GeneratorSchedule, ReplayGenerator
     from .sources import BufferReplay, GeneratorReplay, NoReplay
 
@@ -183,6 +183,11 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
         return BufferReplay(cl.buffer_per_class, torch.Generator().manual_seed(cl.seed))
     config = replace(model_config, model=cl.generator, input_dim=input_dim)
     generator = ReplayGenerator(build_model(config), cl.generator).to(device)
+    label_weight = cl.gen_label_weight if generator.categorical else 0.0  # nothing to tie without categories
+    if label_weight > 0 and config.categories < num_classes:
+        raise ConfigError(f"gen_label_weight > 0 ties every category to a class: it needs categories >= the stream's "
+                          f"{num_classes} classes, got categories={config.categories} (raise categories or set "
+                          "gen_label_weight=0)")
     worker = None
     if cl.parallel_generator and device.type == "cpu" and batch_hook is None:
         from .worker import GeneratorWorker
@@ -200,6 +205,8 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
         aggregate_samples=cl.aggregate_samples,
         replay_chunk=cl.replay_chunk,
         on_nan=cl.on_nan,
+        label_weight=label_weight,
+        label_classes=num_classes,
     )
     return GeneratorReplay(generator, schedule, lr=cl.gen_lr, betas=(cl.adam_beta1, cl.adam_beta2), writer=writer,
                            batch_hook=batch_hook, worker=worker, class_balance=cl.replay_balance == "class",
@@ -273,7 +280,8 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
     T = stream.n_experiences
     iterations = (cl.joint_iterations or cl.iterations * T) if joint else cl.iterations
     train_experiences = [stream.joint()] if joint else list(stream.train_stream)
-    replay = _build_replay(cl, model_config, input_dim, device, tb_logger.writer, len(train_experiences), batch_hook)
+    replay = _build_replay(cl, model_config, input_dim, device, tb_logger.writer, len(train_experiences),
+                           stream.num_classes, batch_hook)
 
     def work(experiences: int) -> int:  # iterations of the first ``experiences`` experiences (progress bar)
         return sum(iterations + replay.extra_iterations(t) for t in range(1, experiences + 1))

@@ -195,7 +195,7 @@ class GeneratorReplay(ReplaySource):
         if self.worker is not None and self.trains_after(t):
             if self.pooled_threads:
                 self.worker.grant_threads(self.own_threads)
-            self.worker.submit(data.x, t, self.schedule)
+            self.worker.submit(data.x, t, self.schedule, self._labels(data))
         elif self.classifier_pooled_threads:
             torch.set_num_threads(self.classifier_pooled_threads)
 
@@ -219,6 +219,10 @@ class GeneratorReplay(ReplaySource):
             self.balance_report[f"replay_class_histogram_{name}"] = {c: round(float(histogram[c]), 4) for c in replay_classes}
         return weights.to(self.previous.device)
 
+    def _labels(self, data) -> torch.Tensor | None:
+        """The experience's labels when the generator's categories are tied to classes (else not sent)."""
+        return data.y if self.schedule.label_weight > 0 else None
+
     def poll_progress(self, progress):
         if self.worker is not None and progress is not None:
             count = self.worker.progress_count()
@@ -237,7 +241,7 @@ class GeneratorReplay(ReplaySource):
         elif self.worker is None:
             stats = train_generator(
                 self.generator, self.previous if t > 1 else None, data.x, t, self.state, self.schedule,
-                progress=progress, writer=self.writer, batch_hook=self.batch_hook,
+                progress=progress, writer=self.writer, batch_hook=self.batch_hook, data_y=self._labels(data),
             )
         else:
             wait = time.perf_counter()

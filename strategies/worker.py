@@ -133,7 +133,7 @@ def _worker_main(requests, replies, counter, threads) -> None:
             progress.start_job()
             previous = generator.frozen_copy() if t > 1 else None
             stats = train_generator(generator, previous, job["x"], t, state, job["schedule"], progress=progress,
-                                    writer=writer)
+                                    writer=writer, data_y=job["y"])
             stats["worker_threads"] = [list(change) for change in progress.thread_changes]
             state_dict = {k: v.detach().clone() for k, v in generator.state_dict().items()}
             training = {"optimizer": state.optimizer.state_dict(), "iteration": state.iteration,
@@ -204,8 +204,10 @@ class GeneratorWorker:
             self._ready = True
         self._requests.put(_dumps(job))
 
-    def submit(self, x: torch.Tensor, experience: int, schedule) -> None:
-        self._send({"x": x.detach().cpu(), "experience": experience, "schedule": schedule})
+    def submit(self, x: torch.Tensor, experience: int, schedule, y: torch.Tensor | None = None) -> None:
+        """Train the generator for ``experience`` on ``x`` (labels ``y``: for categories tied to classes)."""
+        self._send({"x": x.detach().cpu(), "y": None if y is None else y.detach().cpu(), "experience": experience,
+                    "schedule": schedule})
 
     def restore(self, generator, optimizer: dict, iteration: int, rng: torch.Tensor) -> None:
         """Bring the worker to a saved point: ``generator``'s weights, the optimizer state, the

@@ -37,6 +37,42 @@ def test_kl_terms_match_torch_distributions():
     torch.testing.assert_close(terms["kl_z"], expected_kl_z)
 
 
+def test_with_labels_the_terms_are_those_of_log_p_x_y_under_the_restricted_posterior():
+    """With a category mask, q(c|x,y) = q(c|x) restricted to the label's categories: KL terms of that
+    posterior (torch.distributions), and category_label_nll = -log sum_{c of y} q(c|x)."""
+    model = small_cpvae()
+    x = torch.rand(6, 12).bernoulli()
+    mask = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]] * 3, dtype=torch.bool)
+    terms = model.elbo_terms(x, category_mask=mask)
+    h, log_pi = model.encode(x)
+    mass = (log_pi.exp() * mask).sum(-1)
+    torch.testing.assert_close(terms["category_label_nll"], -mass.log())
+    q_c = Categorical(probs=log_pi.exp() * mask / mass.unsqueeze(-1))
+    torch.testing.assert_close(terms["kl_c"], kl_divergence(q_c, Categorical(probs=torch.full((4,), 0.25))))
+    expected_kl_z = torch.zeros(6)
+    for k in range(4):
+        mean, log_var = model.posterior(h, F.one_hot(torch.full((6,), k), 4).float())
+        prior = diag_normal(model.prior.mean[k], 2 * model.prior.log_std[k])
+        expected_kl_z += q_c.probs[:, k] * kl_divergence(diag_normal(mean, log_var), prior)
+    torch.testing.assert_close(terms["kl_z"], expected_kl_z)
+    terms["category_label_nll"].sum().backward()
+    assert model.category_logits.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_aggregated_posterior_with_labels_holds_only_the_labels_categories():
+    model = small_cpvae()
+    x = torch.rand(40, 12).bernoulli()
+    mask = torch.zeros(40, 4, dtype=torch.bool)
+    mask[:, 1] = mask[:, 3] = True
+    model.fit_generation(x, batch_size=16, category_mask=mask)
+    q = model.aggregated_posterior
+    assert q[0] == 0 and q[2] == 0 and abs(float(q.sum()) - 1) < 1e-6
+    log_pi = model.encode(x)[1]
+    expected = (log_pi.exp()[:, [1, 3]] / log_pi.exp()[:, [1, 3]].sum(-1, keepdim=True)).mean(0)
+    torch.testing.assert_close(q[[1, 3]], expected)
+
+
 def test_evaluation_reconstruction_is_unbiased_monte_carlo():
     """In evaluation mode c is an exact draw of q(c|x): the mean of many single-sample terms equals an
     independent Monte Carlo estimate of E_q(z,c|x)[-log p(x|z,c)] built from torch.distributions."""

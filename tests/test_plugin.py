@@ -65,6 +65,19 @@ def test_plugin_on_naive_beats_no_replay():
     assert [s["replay_samples"] for s in plugin.stats] == [0, 200 * 16, 200 * 16, 200 * 16]
 
 
+def test_plugin_ties_categories_to_the_stream_classes_when_asked():
+    stream = synthetic_stream(2)
+    plugin = CPVAEReplayPlugin(build_model(tiny_model_config(categories=8)), num_classes=stream.num_classes,
+                               schedule=GeneratorSchedule(iterations=20, batch_size=16, replay_batch_size=16,
+                                                          aggregate_samples=200, label_weight=1.0),
+                               replay_mb_size=16, tensor_source=stream.tensors)
+    assert plugin.source.schedule.label_classes == stream.num_classes
+    strategy = avalanche_template("naive", stream, [plugin], epochs=1)
+    for experience in stream.train_stream:
+        strategy.train(experience)
+    assert all("category_label_nll" in s["final"] for s in plugin.stats)
+
+
 def test_plugin_and_replay_strategy_replay_the_same_categories_for_a_hand_set_q_c():
     """Experience 2 replays from a generator whose q(c) is set by hand; over the experience both
     loops draw exactly category_counts(iterations * replay batch) of each category."""

@@ -26,6 +26,7 @@ from strategies.generators import (
     make_adam,
     train_generator,
 )
+from strategies.generator_core import category_mask
 from strategies.replay import MLPClassifier, ReplayStrategy
 from strategies.sources import GeneratorReplay, NoReplay, ReplaySource
 from strategies.run import CLConfig, average_forgetting, load_config, run_experiment
@@ -263,6 +264,43 @@ def test_generator_trains_on_replay_plus_new_data_and_keeps_old_data():
     # q(c) was refitted over current data and replay: a distribution over the categories.
     q = replay.generator.q_c
     assert abs(float(q.sum()) - 1.0) < 1e-5 and float(q.min()) >= 0
+
+
+def test_categories_tied_to_classes_keep_each_class_in_its_own_categories_across_experiences():
+    """Experience 2's generator sees classes 0 and 1 only through its own replay, labelled by the
+    category each sample was drawn from: the old classes stay in their categories."""
+    assert category_mask(torch.tensor([1, 2]), 8, 4).tolist() == [[k % 4 == 1 for k in range(8)],
+                                                                  [k % 4 == 2 for k in range(8)]]
+    stream = synthetic_stream(2, per_class=80)
+    torch.manual_seed(0)
+    generator = ReplayGenerator(build_model(tiny_model_config(categories=8)), "cpvae")
+    schedule = GeneratorSchedule(iterations=300, batch_size=16, replay_batch_size=16, temperature_iterations=300,
+                                 aggregate_samples=200, label_weight=1.0, label_classes=4)
+    state = GeneratorState(make_adam(generator.parameters(), 3e-3))
+    with pytest.raises(ValueError, match="labels"):
+        train_generator(generator, None, stream.train[0].x, 1, state, schedule)
+    train_generator(generator, None, stream.train[0].x, 1, state, schedule, data_y=stream.train[0].y)
+    previous = generator.frozen_copy()
+    x, c = GeneratorReplaySampler(previous, 64).sample_with_categories(64)[:]
+    assert len(x) == len(c) == 64 and set((c % 4).tolist()) == {0, 1}  # replay of experience 1's classes only
+    stats = train_generator(generator, previous, stream.train[1].x, 2, state, schedule, data_y=stream.train[1].y)
+    assert stats["final"]["category_label_nll"] < 0.1
+    for data in stream.test:
+        assert (generator.model.categorize(data.x) % 4 == data.y).float().mean() >= 0.95
+
+
+def test_a_run_ties_categories_to_classes_in_the_worker_where_the_generator_has_enough_categories(tmp_path):
+    stream = synthetic_stream(2)
+    cl = tiny_cl_config(tmp_path, iterations=8, parallel_generator=True, gen_label_weight=1.0,
+                        train_generator_after_last_experience=True)
+    results = run_experiment(cl, tiny_model_config(categories=8), stream=stream, echo=lambda *_: None)
+    assert all("category_label_nll" in s["final_losses"] for s in results["generator_stats"])
+    vae = run_experiment(replace(cl, generator="vae", out=str(tmp_path / "vae")), tiny_model_config(model="vae"),
+                         stream=stream, echo=lambda *_: None)  # no categories: nothing to tie
+    assert not any("category_label_nll" in s["final_losses"] for s in vae["generator_stats"])
+    with pytest.raises(ConfigError, match="gen_label_weight.*4 classes.*categories=3"):
+        run_experiment(replace(cl, out=str(tmp_path / "k3")), tiny_model_config(categories=3), stream=stream,
+                       echo=lambda *_: None)
 
 
 # --------------------------------------------------------------------------- whole runs

@@ -33,6 +33,7 @@ single-sample negative ELBO is an unbiased estimate of the true bound (the paper
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from typing import Callable
 
 import numpy as np
@@ -47,6 +48,10 @@ from ..layers import glorot_linear, mlp
 from ..likelihoods import make_likelihood
 from ..priors import ConditionalGaussianPrior
 from .base import GenerativeModel, ModelConfig
+
+MASKED_LOG_PROB = -1e4
+"""Log-probability given to the categories a label rules out: exp() is exactly 0 in float32, and
+unlike -inf it keeps q log q at 0 in the KL."""
 
 ESTIMATORS = ("gumbel", "exact")
 TEMPERATURE_SCHEDULES = ("exponential", "reference")
@@ -216,8 +221,21 @@ class CPVAE(GenerativeModel):
         """Decoder output (likelihood parameters) for latent z and category weights c."""
         return self.decoder(torch.cat([z, c], dim=-1) if self.config.decoder_sees_category else z)
 
-    def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, category_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The per-example terms of the negative ELBO (eq. 7-9) and any active penalties.
+
+        With labels, given as a (B, K) boolean ``category_mask`` of the categories each example's
+        label y allows (every category belonging to one class, p(y|c) = 1 on its class), the terms
+        are those of the negative ELBO of log p(x, y) = log sum_{c of y} p(c) p(x|c): the posterior
+        over c is q(c|x,y), q(c|x) restricted to the allowed categories and renormalised. Then
+        ``category_label_nll`` = -log sum_{c of y} q(c|x) also trains q(c|x) to tell the classes
+        apart, for ``categorize`` and ``fit_generation`` without labels; it is not part of the ELBO."""
         h, log_pi = self.encode(x)
+        label_nll = None
+        if category_mask is not None:
+            allowed = log_pi.masked_fill(~category_mask, MASKED_LOG_PROB)
+            label_nll = -allowed.logsumexp(-1)
+            log_pi = allowed + label_nll.unsqueeze(-1)
         pi = log_pi.exp()
         base = self.posterior.base(h)
         if self.config.category_estimator == "exact":
@@ -241,6 +259,8 @@ class CPVAE(GenerativeModel):
         if self.training and self.config.category_balance_weight > 0 and self.epoch < self.config.category_balance_epochs:
             penalty = categorical_kl_uniform(pi.mean(0).log()) * self.config.category_balance_weight
             terms["penalty_category_balance"] = penalty.expand(x.shape[0])
+        if label_nll is not None:
+            terms["category_label_nll"] = label_nll
         return terms
 
     def _anchored(self) -> bool:
@@ -355,11 +375,16 @@ class CPVAE(GenerativeModel):
         return {"init/largest_cluster_share": largest, "init/head_agreement": agreement}
 
     @torch.no_grad()
-    def fit_generation(self, x: torch.Tensor, batch_size: int = 1000) -> None:
-        """q(c) = 1/n sum_i q(c|x_i), the aggregated posterior of eq. 14 over the given data."""
+    def fit_generation(self, x: torch.Tensor, batch_size: int = 1000, category_mask: torch.Tensor | None = None) -> None:
+        """q(c) = 1/n sum_i q(c|x_i), the aggregated posterior of eq. 14 over the given data; with a
+        (n, K) ``category_mask`` of the categories each example's label allows, of q(c|x_i, y_i)."""
         total = torch.zeros_like(self.aggregated_posterior)
-        for batch in x.split(batch_size):
-            total += self.encode(batch)[1].exp().sum(0)
+        masks = repeat(None) if category_mask is None else category_mask.split(batch_size)
+        for batch, mask in zip(x.split(batch_size), masks):
+            log_pi = self.encode(batch)[1]
+            if mask is not None:
+                log_pi = log_pi.masked_fill(~mask, MASKED_LOG_PROB).log_softmax(-1)
+            total += log_pi.exp().sum(0)
         self.aggregated_posterior.copy_(total / x.shape[0])
 
     def category_counts(self, n: int, weights: torch.Tensor | None = None) -> torch.Tensor:
