@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from cl_replay.data import binarize, load_dataset
+from cl_replay.data import load_dataset
 from cl_replay.models import ModelConfig, build_model
 from cl_replay.trainer import TrainConfig, Trainer, resolve_device
 

@@ -20,20 +20,26 @@ def diag_normal(mean, log_var):
     return Independent(Normal(mean, torch.exp(0.5 * log_var)), 1)
 
 
+def reference_kl_terms(model: CPVAE, h: torch.Tensor, q_c: Categorical) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(q(c|x) || Uniform(K)) and sum_k q(c_k|x) KL(q(z|x,c_k) || p(z|c_k)), by torch.distributions
+    on the explicit per-category posteriors."""
+    categories = model.categories
+    kl_c = kl_divergence(q_c, Categorical(probs=torch.full((categories,), 1.0 / categories)))
+    kl_z = torch.zeros(h.shape[0])
+    for k in range(categories):
+        mean, log_var = model.posterior(h, F.one_hot(torch.full((h.shape[0],), k), categories).float())
+        prior = diag_normal(model.prior.mean[k], 2 * model.prior.log_std[k])
+        kl_z += q_c.probs[:, k] * kl_divergence(diag_normal(mean, log_var), prior)
+    return kl_c, kl_z
+
+
 def test_kl_terms_match_torch_distributions():
     model = small_cpvae()
     x = torch.rand(5, 12).bernoulli()
     terms = model.elbo_terms(x)
     h, log_pi = model.encode(x)
-    q_c = Categorical(logits=log_pi)
-    expected_kl_c = kl_divergence(q_c, Categorical(probs=torch.full((4,), 0.25)))
+    expected_kl_c, expected_kl_z = reference_kl_terms(model, h, Categorical(logits=log_pi))
     torch.testing.assert_close(terms["kl_c"], expected_kl_c)
-    expected_kl_z = torch.zeros(5)
-    for k in range(4):
-        one_hot = F.one_hot(torch.full((5,), k), 4).float()
-        mean, log_var = model.posterior(h, one_hot)
-        prior = diag_normal(model.prior.mean[k], 2 * model.prior.log_std[k])
-        expected_kl_z += q_c.probs[:, k] * kl_divergence(diag_normal(mean, log_var), prior)
     torch.testing.assert_close(terms["kl_z"], expected_kl_z)
 
 
@@ -47,13 +53,8 @@ def test_with_labels_the_terms_are_those_of_log_p_x_y_under_the_restricted_poste
     h, log_pi = model.encode(x)
     mass = (log_pi.exp() * mask).sum(-1)
     torch.testing.assert_close(terms["category_label_nll"], -mass.log())
-    q_c = Categorical(probs=log_pi.exp() * mask / mass.unsqueeze(-1))
-    torch.testing.assert_close(terms["kl_c"], kl_divergence(q_c, Categorical(probs=torch.full((4,), 0.25))))
-    expected_kl_z = torch.zeros(6)
-    for k in range(4):
-        mean, log_var = model.posterior(h, F.one_hot(torch.full((6,), k), 4).float())
-        prior = diag_normal(model.prior.mean[k], 2 * model.prior.log_std[k])
-        expected_kl_z += q_c.probs[:, k] * kl_divergence(diag_normal(mean, log_var), prior)
+    expected_kl_c, expected_kl_z = reference_kl_terms(model, h, Categorical(probs=log_pi.exp() * mask / mass.unsqueeze(-1)))
+    torch.testing.assert_close(terms["kl_c"], expected_kl_c)
     torch.testing.assert_close(terms["kl_z"], expected_kl_z)
     terms["category_label_nll"].sum().backward()
     assert model.category_logits.weight.grad.abs().sum() > 0

@@ -28,7 +28,7 @@ from strategies.generators import (
 )
 from strategies.generator_core import category_mask
 from strategies.replay import MLPClassifier, ReplayStrategy
-from strategies.sources import GeneratorReplay, NoReplay, ReplaySource
+from strategies.sources import GeneratorReplay, ReplaySource
 from strategies.run import CLConfig, average_forgetting, load_config, run_experiment
 from strategies.streams import build_stream, stream_from_tensors
 from strategies.summary import summarize_cl_runs
