@@ -22,9 +22,10 @@ by iteration counts so they work with 2000 iterations per experience:
   or from the first experience otherwise.
 
 Categories tied to classes (``label_weight`` w > 0, CP-VAE): category k belongs to class
-k mod C (C = ``label_classes``, the stream's classes), and every training row adds
-w * (-log sum_{k mod C = y} q(c_k|x)) to its loss, y being the row's label: the data's own label, or,
-for a replayed row, the class of the category it was drawn from. The categories of each class then
+k mod C (C = ``label_classes``, the stream's classes). Every training row, with label y, takes the
+negative ELBO of (x, y), under q(c|x,y) = q(c|x) restricted to y's categories, plus
+w * (-log sum_{k mod C = y} q(c_k|x)); y is the data's own label or, for a replayed row, the class
+of the category it was drawn from, and the refit below averages q(c|x,y). The categories of each class then
 hold that class only, and replay drawn by category is replay drawn by class.
 
 After training, a categorical generator (CP-VAE) refits its aggregated posterior over everything
@@ -443,7 +444,9 @@ def refit_aggregated_posterior(
         if data_y is None:
             x_replay = torch.cat([sampler.sample(n) for n in sizes])
         else:
-            x_replay, c_replay = (torch.cat(parts) for parts in zip(*(sampler.sample_with_categories(n)[:] for n in sizes)))
+            drawn = [sampler.sample_with_categories(n).tensors for n in sizes]
+            x_replay = torch.cat([x for x, _ in drawn])
+            c_replay = torch.cat([c for _, c in drawn])
             replay_mask = category_mask(c_replay % label_classes, len(generator.q_c), label_classes)
     if not generator.categorical:
         model.fit_generation(data_x if x_replay is None else torch.cat([data_x, x_replay]))
