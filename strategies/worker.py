@@ -10,9 +10,11 @@ imports only ``generator_core`` and the model registry, not Avalanche.
 
 While the main process waits for the worker's result, the worker may use the main process's core
 too: the main process grants it more threads (``grant_threads``; ``GeneratorReplay(pooled_threads=...)``),
-and the worker picks up the grant between two iterations. Every operation of the generators'
-training gives the same bits on any number of threads (the tests check it), so this changes the
-wall time, not the run. (The classifier is not pooled the other way: the weight gradient of its
+and the worker picks up the grant between two iterations. The operations of the generators'
+training give the same bits on any number of threads in the tests' checks, but in a full split-MNIST
+run the generator's losses agree only to six or seven digits between two takeover points, and the
+classifier amplifies that: a seed's accuracy can move by a few tenths of a point with the machine's
+load (docs/continual.md, "Wall time"). (The classifier is not pooled the other way: the weight gradient of its
 10-unit output layer, a product summed over the batch, is split over threads differently.)
 
 Messages are bytes produced by ``torch.save`` (robust, no shared-memory file descriptors). After
