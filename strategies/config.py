@@ -36,7 +36,7 @@ class CLConfig:
     trained after the last experience unless ``train_generator_after_last_experience``. With
     ``parallel_generator`` the generator trains in a worker process beside the classifier, each on
     ``threads`` torch threads; with ``pool_threads`` the worker takes the main process's threads too
-    while the main process waits for it (same results bit for bit, less wall time); with
+    while the main process waits for it (the same results up to float32 rounding, less wall time); with
     ``pool_classifier_threads`` the classifier takes the worker's threads in the last experience, after
     which the generator does not train (less wall time; that experience's classifier differs from a run
     without it in the last bits). ``gen_label_weight`` w > 0 ties CP-VAE's categories to classes: category

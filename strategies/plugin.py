@@ -320,7 +320,7 @@ class CPVAEReplayPlugin(ReplayPlugin):
     :param stream_length: the number of experiences, when known: the generator is then not trained
         after the last one (nothing replays from it). Without it, it is trained after every experience.
     :param pooled_threads: with a ``worker``, the torch threads of both processes together, which the
-        worker uses while the main process waits for it (results unchanged bit for bit); 0: never.
+        worker uses while the main process waits for it (results unchanged up to float32 rounding); 0: never.
     :param classifier_pooled_threads: with a ``worker`` and a ``stream_length``, the torch threads the
         main process takes in the last experience, where the worker is idle (the classifier's training
         then differs in the last bits); 0: never.

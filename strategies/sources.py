@@ -138,7 +138,7 @@ class GeneratorReplay(ReplaySource):
     experience t runs in that process while the classifier trains on t (both only need the copy
     frozen at the end of t-1); ``end_experience`` waits for it and loads the new weights. With
     ``pooled_threads`` (the threads of both processes together) the worker takes the main process's
-    threads too while the main process waits for it (the results stay the same bit for bit). With
+    threads too while the main process waits for it (the results stay the same up to float32 rounding). With
     ``classifier_pooled_threads`` the main process takes that many threads in an experience after
     which the generator does not train, when the worker has nothing to do; the classifier's training
     in that experience then differs in the last bits (the weight gradient of its output layer, a sum
