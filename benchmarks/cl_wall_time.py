@@ -20,11 +20,11 @@ with the protocol defaults of ``configs/cl/split_mnist.yaml`` (2000 iterations p
   2017, as van de Ven & Tolias 2019 run it), not van de Ven's code: the ``vae`` generator trained in
   the classifier's process after the classifier in every experience (``parallel_generator: false``),
   hard labels, replay generated one batch at a time (``replay_chunk: 1``), and the generator trained
-  after the last experience too (``train_generator_after_last_experience: true``), on the batches of
-  the protocol (128 current + 128 replayed for the classifier and the generator alike, ``gen_* = 0``)
-  and with the gated 2x300 networks, whatever the defaults of ``configs/cl/split_mnist.yaml`` are:
-  its VAE has about the arithmetic of van de Ven's DGR VAE (784-400-400, 100-d latent, ReLU), so the
-  reference stays put when our generator's defaults change.
+  after the last experience too (``train_generator_after_last_experience: true``), on the schedule
+  of the protocol (2000 iterations of 128 current + 128 replayed rows for the classifier and the
+  generator alike, ``gen_* = 0``) and with the gated 2x300 networks, whatever the defaults of
+  ``configs/cl/split_mnist.yaml`` are: its VAE has about the arithmetic of van de Ven's DGR VAE
+  (784-400-400, 100-d latent, ReLU), so the reference stays put when our generator's defaults change.
 
 ``--past COMMIT`` adds ``cpvae@COMMIT``: ``cl-replay run split_mnist --generator cpvae`` with the
 code and defaults of an earlier commit of this repository (``git archive`` into ``--out``), to set
@@ -58,8 +58,9 @@ CONTENDERS = {
     "cpvae_128": ("cpvae", {"gen_replay_batch_size": "128"}),
     "vae": ("vae", {}),
     REFERENCE: ("vae", {"parallel_generator": "false", "replay_chunk": "1", "replay_labels": "hard",
-                        "train_generator_after_last_experience": "true", "gen_batch_size": "0",
-                        "gen_replay_batch_size": "0", "hidden_layer": "gated", "hidden": "300"}),
+                        "train_generator_after_last_experience": "true", "gen_iterations": "0",
+                        "gen_batch_size": "0", "gen_replay_batch_size": "0", "hidden_layer": "gated",
+                        "hidden": "300"}),
 }
 TITLES = {
     "cpvae": "cpvae (defaults)",
