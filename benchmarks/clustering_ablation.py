@@ -18,7 +18,8 @@ wall times of runs that shared a machine do not compare. ``--progress RUN_DIR ..
 pretraining runs still in progress (or finished), the latest epoch's validation figures from their
 TensorBoard events; with ``--test``, also the test figures of each run's best checkpoint so far
 (``checkpoints/best.pt``, read only: the run goes on undisturbed): the single-sample negative ELBO in
-evaluation mode and the cluster accuracy of argmax q(c|x); the NLL is left to the run's own end.
+evaluation mode, the cluster accuracy of argmax q(c|x) and each category's commonest labels; the
+NLL is left to the run's own end.
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def progress(run_dirs: list[Path]) -> str:
 
 
 def interim_test(run_dirs: list[Path], data_root: str | None) -> str:
-    """Test negative ELBO and cluster accuracy of every run's best checkpoint so far."""
+    """Test negative ELBO and cluster accuracy of every run's best checkpoint so far, and what each
+    category of argmax q(c|x) holds: its test images and the shares of its three commonest labels."""
+    import numpy as np
     import torch
 
     from cl_replay import evaluation
@@ -96,6 +99,8 @@ def interim_test(run_dirs: list[Path], data_root: str | None) -> str:
     from cl_replay.trainer import load_checkpoint
 
     rows = ["| run | best epoch so far | test neg. ELBO | test cluster accuracy |", "|---|---:|---:|---:|"]
+    composition = ["| run | category | test images | commonest labels (share of the category's images) |",
+                   "|---|---:|---:|---|"]
     splits: dict[str, object] = {}
     for run_dir in run_dirs:
         model_config, train_config = build_configs(read_yaml(run_dir / "config.yaml"), ModelConfig, TrainConfig,
@@ -109,9 +114,18 @@ def interim_test(run_dirs: list[Path], data_root: str | None) -> str:
         torch.manual_seed(train_config.seed)
         neg_elbo = evaluation.elbo_terms(model, test.x)["neg_elbo"]
         clusters = model.eval().categorize(test.x)
-        accuracy = "–" if clusters is None else f"{100 * evaluation.cluster_accuracy(clusters.numpy(), test.y.numpy())[0]:.1f}%"
+        accuracy = "–"
+        if clusters is not None:
+            categories, labels = clusters.numpy(), test.y.numpy()
+            accuracy = f"{100 * evaluation.cluster_accuracy(categories, labels)[0]:.1f}%"
+            for k in np.unique(categories):
+                counts = np.bincount(labels[categories == k])
+                commonest = np.argsort(-counts)[:3]
+                shares = ", ".join(f"{label}: {100 * counts[label] / counts.sum():.0f}%" for label in commonest
+                                   if counts[label] > 0)
+                composition.append(f"| {run_dir.name} | {k} | {counts.sum()} | {shares} |")
         rows.append(f"| {run_dir.name} | {checkpoint['best_epoch']} | {neg_elbo:.2f} | {accuracy} |")
-    return "\n".join(rows)
+    return "\n".join(rows + [""] + composition)
 
 
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
