@@ -3,6 +3,7 @@ temperature schedules, the category-balance penalty): each checked against the d
 ELBO terms computed independently with torch.distributions."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,6 +181,26 @@ def test_umap_partition_separates_clusters_that_kmeans_cuts_across():
     umap_accuracy, _ = cluster_accuracy(umap_partition(points, 2, seed=0), labels)
     assert kmeans_accuracy < 0.7
     assert umap_accuracy > 0.99
+
+
+def test_mixture_partition_keeps_the_most_likely_of_its_fits():
+    """Two tight blobs side by side and two wide ones far away: the fit from the first k-means
+    initialisation merges the tight pair and splits a wide blob; among ten fits the most likely
+    one finds the four blobs."""
+    from sklearn.mixture import GaussianMixture
+
+    from cl_replay.models.cpvae import mixture_partition
+
+    rng = np.random.default_rng(0)
+    centres, scales = np.array([[0.0, 0.0], [1.5, 0.0], [10.0, 0.0], [10.0, 8.0]]), np.array([0.3, 0.3, 2.0, 2.0])
+    labels = np.repeat(np.arange(4), 250)
+    points = centres[labels] + scales[labels, None] * rng.standard_normal((1000, 2))
+    one_fit = GaussianMixture(4, covariance_type="full", random_state=0).fit(points)
+    ten_fits = GaussianMixture(4, covariance_type="full", n_init=10, random_state=0).fit(points)
+    assert cluster_accuracy(one_fit.predict(points), labels)[0] < 0.7
+    assert ten_fits.score(points) > one_fit.score(points)
+    assert cluster_accuracy(mixture_partition(points, 4, seed=0, restarts=1), labels)[0] < 0.7
+    assert cluster_accuracy(mixture_partition(points, 4, seed=0, restarts=10), labels)[0] > 0.95
 
 
 def test_initialisation_from_a_given_partition():

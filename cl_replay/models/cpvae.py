@@ -17,8 +17,8 @@ both KL terms in closed form. Variants (``ModelConfig`` keys, compared in docs/c
   category (the paper's eq. 6 writes m and s as functions of x and pi(x) only).
 * ``prior_init``: ``normal`` draws mu_k ~ N(0, 0.1^2 I); ``kmeans`` and ``umap`` re-initialise the
   categories after ``prior_init_epoch`` epochs from a partition of the posterior means
-  (``initialise_categories``): k-means on the means themselves, or a Gaussian mixture on their
-  UMAP embedding (``umap_partition``).
+  (``initialise_categories``): k-means on the means themselves, or the most likely of 10 Gaussian
+  mixture fits to their UMAP embedding (``umap_partition``).
 * ``category_anchor_weight``: from that restart to the end of epoch ``category_anchor_until`` only
   (by default the end of the paper's 100-epoch KL warm-up), a penalty w * CE(q(c|x), argmax q_0(c|x)) that holds q(c|x) to the restart's partition, q_0 being
   the encoder and category head frozen right after the restart; it is never part of the reported
@@ -76,22 +76,34 @@ def best_kmeans(points: np.ndarray, k: int, restarts: int, seed: int) -> tuple[n
     return best
 
 
-def umap_partition(points: np.ndarray, k: int, seed: int, neighbours: int = 30, dimensions: int = 10) -> np.ndarray:
-    """Labels of a K-component, full-covariance Gaussian mixture (scikit-learn) fitted to a
-    ``dimensions``-dimensional UMAP embedding (McInnes et al. 2018; ``neighbours`` nearest
-    neighbours, min_dist 0) of ``points``. The embedding keeps the neighbourhood graph of the
-    points and pulls its densely connected parts together, so that clusters which k-means on the
-    points themselves would cut across come out as separate blobs (N2D, McConville et al. 2020)."""
+def umap_embedding(points: np.ndarray, seed: int, neighbours: int = 30, dimensions: int = 10) -> np.ndarray:
+    """A ``dimensions``-dimensional UMAP embedding (McInnes et al. 2018; ``neighbours`` nearest
+    neighbours, min_dist 0) of ``points``. It keeps the neighbourhood graph of the points and pulls
+    its densely connected parts together, so that clusters which k-means on the points themselves
+    would cut across come out as separate blobs (N2D, McConville et al. 2020)."""
     import warnings
 
     import umap
-    from sklearn.mixture import GaussianMixture
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
-        embedding = umap.UMAP(n_components=dimensions, n_neighbors=neighbours, min_dist=0.0,
-                              random_state=seed).fit_transform(points)
-    return GaussianMixture(k, covariance_type="full", random_state=seed).fit_predict(embedding)
+        return umap.UMAP(n_components=dimensions, n_neighbors=neighbours, min_dist=0.0,
+                         random_state=seed).fit_transform(points)
+
+
+def mixture_partition(embedding: np.ndarray, k: int, seed: int, restarts: int = 10) -> np.ndarray:
+    """Labels of the K-component, full-covariance Gaussian mixture (scikit-learn) with the highest
+    likelihood of ``embedding`` among ``restarts`` fits from different k-means initialisations.
+    One fit can end in a local optimum that merges two neighbouring blobs and splits a third; the
+    likelihood tells such a fit from a better one without labels."""
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(k, covariance_type="full", n_init=restarts, random_state=seed).fit_predict(embedding)
+
+
+def umap_partition(points: np.ndarray, k: int, seed: int, restarts: int = 10) -> np.ndarray:
+    """``mixture_partition`` of the ``umap_embedding`` of ``points``."""
+    return mixture_partition(umap_embedding(points, seed), k, seed, restarts)
 
 
 class CategoryConditionedGaussian(nn.Module):
@@ -317,8 +329,8 @@ class CPVAE(GenerativeModel):
 
         1. a partition of the posterior means m(x) = sum_k q(c_k|x) m(h(x), c_k) of the data ``x``
            into K groups: with ``prior_init = kmeans`` k-means (``best_kmeans``: the lowest
-           distortion of ``restarts`` k-means++ runs), with ``umap`` a Gaussian mixture on their
-           UMAP embedding (``umap_partition``); or the partition ``labels`` (values in 0..K-1) when
+           distortion of ``restarts`` k-means++ runs), with ``umap`` the most likely of ``restarts``
+           Gaussian mixture fits to their UMAP embedding (``umap_partition``); or the partition ``labels`` (values in 0..K-1) when
            given (``benchmarks/clustering_oracle.py`` starts from the true classes this way).
            The centroids are the groups' means;
         2. p(z|c_k) = N(centroid_k, diag(within-cluster variance_k + mean posterior variance));
@@ -343,7 +355,7 @@ class CPVAE(GenerativeModel):
             tqdm.write(f"restarting the {self.categories} categories from a {self.config.prior_init} partition of "
                        f"{len(points)} posterior means" + (" (UMAP: minutes on a CPU)" if self.config.prior_init == "umap" else ""))
             if self.config.prior_init == "umap":
-                labels = umap_partition(points, self.categories, seed)
+                labels = umap_partition(points, self.categories, seed, restarts)
             else:
                 labels = best_kmeans(points, self.categories, restarts, seed)[1]
             labels = torch.as_tensor(labels, dtype=torch.long)
