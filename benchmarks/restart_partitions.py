@@ -1,16 +1,16 @@
 """How the UMAP restart of CP-VAE's categories partitions a run's data, fit by fit.
 
-    python benchmarks/restart_partitions.py ~/runs/full/cpvae-mnist-s1 --data-root ../shared/datasets --out ~/runs/restart-s1
+    python benchmarks/restart_partitions.py ~/runs/full/cpvae-mnist-s1 --data-root ../shared/datasets --out ~/runs/restart/s1
 
 Replays the run's first ``prior_init_epoch`` epochs (its ``config.yaml``, same seed: on the same
 machine the same bits) up to the restart, keeps the posterior means the restart partitions, and
-stops there. On their UMAP embedding (``umap_embedding``, as the restart computes it) it then fits the K-component
-Gaussian mixture from ``--fits`` initialisations one at a time and prints, for each, the mean
-log-likelihood of the embedding under the fit, the shares of the largest and smallest group and
-the Hungarian accuracy of the partition against the training labels (labels are used for this
-report only), then the partition the restart itself takes (``mixture_partition``: the most likely
-of 10 fits). The means and the embedding are
-saved under ``--out`` so that a second call skips the replay and the embedding.
+stops there. On their UMAP embedding (``umap_embedding``, as the restart computes it) it fits the
+K-component Gaussian mixture from ``--fits`` initialisations one at a time and prints, for each,
+the mean log-likelihood of the embedding under the fit, the shares of the largest and smallest
+group and the Hungarian accuracy of the partition against the training labels (labels are used for
+this report only), then the partition the restart itself takes (``mixture_partition``: the most
+likely of 10 fits). The means and the embedding are saved under ``--out`` so that a second call
+skips the replay and the embedding.
 """
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def main() -> None:
     for state in range(args.fits):
         fit = GaussianMixture(k, covariance_type="full", random_state=state).fit(embedding)
         print(f"| {state} | {fit.score(embedding):.4f} | {describe(fit.predict(embedding))} |")
-    print(f"| the restart's choice (`mixture_partition`, 10 fits) | – | {describe(mixture_partition(embedding, k, seed=0))} |")
+    chosen = mixture_partition(embedding, k, seed=0)
+    print(f"| the restart's choice (`mixture_partition`, 10 fits) | – | {describe(chosen)} |")
 
 
 if __name__ == "__main__":

@@ -330,8 +330,9 @@ class CPVAE(GenerativeModel):
         1. a partition of the posterior means m(x) = sum_k q(c_k|x) m(h(x), c_k) of the data ``x``
            into K groups: with ``prior_init = kmeans`` k-means (``best_kmeans``: the lowest
            distortion of ``restarts`` k-means++ runs), with ``umap`` the most likely of ``restarts``
-           Gaussian mixture fits to their UMAP embedding (``umap_partition``); or the partition ``labels`` (values in 0..K-1) when
-           given (``benchmarks/clustering_oracle.py`` starts from the true classes this way).
+           Gaussian mixture fits to their UMAP embedding (``umap_partition``); or the partition
+           ``labels`` (values in 0..K-1) when given (``benchmarks/clustering_oracle.py`` starts from
+           the true classes this way).
            The centroids are the groups' means;
         2. p(z|c_k) = N(centroid_k, diag(within-cluster variance_k + mean posterior variance));
         3. q(c|x): the category head alone is fitted to the cluster labels by ``fit_steps`` Adam
