@@ -49,6 +49,8 @@ def _flags(**flags: Any) -> dict[str, Any]:
               help="Never download missing datasets (default: download them into a writable data root).")
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]),
               help="A non-finite loss stops training (default) or skips that step.")
+@click.option("--compile", "compile", flag_value=True, default=None,
+              help="Train through torch.compile (needs a C++ compiler on CPU; the first steps wait for it).")
 def pretrain(config_file: str | None, out: str | None, resume: str | None, **flags: Any) -> None:
     """Train a generative model on a static dataset and evaluate it (test neg. ELBO, NLL, clustering)."""
     values: dict[str, Any] = {}

@@ -39,7 +39,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Training, data and evaluation settings of ``cl-replay pretrain`` (paper section 5 defaults)."""
+    """Training, data and evaluation settings of ``cl-replay pretrain`` (paper section 5 defaults).
+    ``compile`` trains through ``torch.compile(model.loss)``: the same loss, fused kernels (a C++
+    compiler is needed on CPU; the first steps wait for the compilation)."""
 
     dataset: str = "mnist"
     epochs: int = 1000
@@ -54,3 +56,4 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = True
     on_nan: str = "stop"
+    compile: bool = False

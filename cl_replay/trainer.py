@@ -73,6 +73,7 @@ class Trainer:
         self.binarize_batches, self.image_shape = binarize_batches, image_shape
         # The fused kernel updates all parameters at once: ~30% less time per step on 2 CPU cores.
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+        self.training_loss = torch.compile(model.loss) if config.compile else model.loss
         self.epoch = 0  # epochs completed
         self.best_val = float("inf")
         self.best_epoch = 0
@@ -130,7 +131,7 @@ class Trainer:
             x = self.train_x[indices]
             if self.binarize_batches:
                 x = binarize(x)
-            loss, terms = model.loss(x, beta)
+            loss, terms = self.training_loss(x, beta)
             if not loss_is_finite(loss, terms, f"epoch {epoch}, step {step + 1}", config.on_nan):
                 skipped += 1
                 continue
