@@ -61,7 +61,7 @@ def pretrain(train_size: int, kill_epoch: int, args: list[str]) -> None:
 
     def train_epoch(self, epoch):
         if epoch == kill_epoch:  # SIGKILL at the 2nd step of the epoch
-            kill_on_call(self.model, "loss", 2)
+            kill_on_call(self, "training_loss", 2)
         return original(self, epoch)
 
     Trainer.train_epoch = train_epoch
