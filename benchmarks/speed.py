@@ -89,12 +89,12 @@ def main() -> None:
             loader = DataLoader(dataset, batch_size=100, shuffle=True, num_workers=args.workers,
                                 pin_memory=device.type == "cuda")
             loops[name] = (model, torch.optim.Adam(model.parameters(), lr=5e-4), loader)
-        trainers = {"cl-replay trainer": TrainConfig(warmup=1)}
+        trainer_configs = {"cl-replay trainer": TrainConfig(warmup=1)}
         if args.compile:
-            trainers["cl-replay trainer, compile=True"] = TrainConfig(warmup=1, compile=True)
+            trainer_configs["cl-replay trainer, compile=True"] = TrainConfig(warmup=1, compile=True)
         trainers = {name: Trainer(copy.deepcopy(initial).to(device), config, Path(run_dir) / str(i),
                                   splits.train.x.to(device), splits.val.x.to(device))
-                    for i, (name, config) in enumerate(trainers.items())}
+                    for i, (name, config) in enumerate(trainer_configs.items())}
         times: dict[str, list[float]] = {**{name: [] for name in trainers}, **{name: [] for name in loops}}
         for epoch in range(1, args.epochs + 1):
             for name in times:
