@@ -158,6 +158,10 @@ def test_a_folder_holding_another_config_is_refused(tmp_path, monkeypatch):
     state, reason = cell_state(cell, out / "seed=1")
     assert state is CellState.CONFLICT and "limit: '(none)' there, 200 now" in reason
 
+    # the same loss through torch.compile is the same config
+    (cell,) = expand(load_spec(write_spec(tmp_path / "compiled.yaml", {"seed": [1]}, {"limit": 0, "compile": True})))
+    assert cell_state(cell, out / "seed=1") == (CellState.DONE, "")
+
 
 def test_continual_learning_cells_take_the_stream_config_and_two_cpus():
     spec_path = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "cl_split_mnist.yaml"

@@ -34,9 +34,10 @@ from cl_replay.config import ConfigError, as_flat_dict, build_configs, check_key
 COMMANDS = ("pretrain", "run")
 SWEEP_KEYS = ("out", "progress")
 """Config keys the sweep sets for every cell (its folder, no progress bar)."""
-UNHASHED = ("data_root", "out", "download", "device", "threads", "progress")
+UNHASHED = ("data_root", "out", "download", "device", "threads", "progress", "compile")
 """Config keys left out of a cell's hash: where the data and the folder are and how the machine is
-used (as a resumed run may change them), not the protocol."""
+used (as a resumed run may change them; ``compile`` runs the same loss through torch.compile), not
+the protocol."""
 _UNSAFE = re.compile(r"[^\w.+-]")
 
 
