@@ -31,6 +31,10 @@ code and defaults of an earlier commit of this repository (``git archive`` into 
 today's figures beside a measurement made with that code elsewhere, e.g. against a reference that
 cannot run here.
 
+``--external NAME=COMMAND`` (repeatable) adds a contender that is any shell command, e.g. another
+project's implementation of deep generative replay run from its own folder; only its command wall
+time is measured (its log is kept beside the run folders), and the table gains a ratio column to it.
+
 The contenders run one after the other, ``--repeats`` rounds of all of them in turn, so that a busy
 machine weighs on each alike. The table gives the final average accuracy, the command's wall time
 (interpreter start to exit) and ``results.json``'s ``wall_time_s`` (the run itself, data loading and
@@ -101,8 +105,22 @@ def run_command(name: str, run_dir: Path, args: argparse.Namespace) -> list[str]
     return command
 
 
+def run_external(name: str, command: str, run_dir: Path) -> dict:
+    """Run an ``--external`` contender's shell command; returns its command wall time."""
+    start = time.perf_counter()
+    with open(run_dir.with_suffix(".log"), "w") as log:
+        finished = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if finished.returncode != 0:
+        tail = run_dir.with_suffix(".log").read_text().splitlines()[-15:]
+        raise RuntimeError(f"{name} failed (exit {finished.returncode}): {command}\n" + "\n".join(tail))
+    return {"contender": name, "command": command, "command_wall_time_s": wall, "external": True}
+
+
 def run_contender(name: str, run_dir: Path, args: argparse.Namespace) -> dict:
     """Run one contender; returns its ``results.json`` figures and the command's wall time."""
+    if name in args.externals:
+        return run_external(name, args.externals[name], run_dir)
     command = run_command(name, run_dir, args)
     code = ROOT if name in CONTENDERS else extract_commit(args.past, run_dir.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])))
@@ -128,23 +146,27 @@ def markdown(runs: list[dict], args: argparse.Namespace) -> str:
     names = list(dict.fromkeys(r["contender"] for r in runs))
     by_name = {n: [r for r in runs if r["contender"] == n] for n in names}
     median_wall = {n: statistics.median(r["command_wall_time_s"] for r in by_name[n]) for n in names}
-    references = [(REFERENCE, "reference")] + ([(past_name(args.past), past_name(args.past))] if args.past else [])
+    references = ([(REFERENCE, "reference")] + ([(past_name(args.past), past_name(args.past))] if args.past else [])
+                  + [(name, name) for name in args.externals])
     lines = [f"split MNIST, seed {args.seed}, {args.iterations or 'protocol (2000)'} iterations per experience, "
              f"{args.repeats} round(s) of the contenders in turn; wall times are medians over the rounds.", "",
              "| contender | final average accuracy (%) | command wall time (s) | run wall time (s) | "
              + " | ".join(f"ratio to {label}" for _, label in references) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(references)]
     for n in names:
+        ratios = [f"{median_wall[n] / median_wall[ref]:.2f}" if ref in median_wall else "–" for ref, _ in references]
+        if n in args.externals:
+            lines.append(f"| {n}: `{args.externals[n]}` | – | {median_wall[n]:.0f} | – | {' | '.join(ratios)} |")
+            continue
         accuracy = statistics.mean(100 * r["final_average_accuracy"] for r in by_name[n])
         run_wall = statistics.median(r["run_wall_time_s"] for r in by_name[n])
-        ratios = [f"{median_wall[n] / median_wall[ref]:.2f}" if ref in median_wall else "–" for ref, _ in references]
         title = TITLES.get(n, f"cpvae with the code and defaults of commit {args.past}")
         lines.append(f"| {title} | {accuracy:.2f} | {median_wall[n]:.0f} | {run_wall:.0f} | {' | '.join(ratios)} |")
     lines += ["", "Per experience (seconds, mean over the rounds): classifier loop, generator loop, generator "
               "iterations, the classifier's process waiting for the generator's worker.", "",
               "| contender | experience | classifier (s) | generator (s) | generator iterations | waited (s) |",
               "|---|---:|---:|---:|---:|---:|"]
-    for n in names:
+    for n in (n for n in names if n not in args.externals):
         for i in range(len(by_name[n][0]["timing"])):
             rows = [r["timing"][i] for r in by_name[n]]
             values = {key: [row[key] for row in rows if key in row] for key in
@@ -166,7 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated subset of {', '.join(CONTENDERS)} (default: all)")
     parser.add_argument("--past", metavar="COMMIT", help="also run cpvae with the code and defaults of this commit")
+    parser.add_argument("--external", action="append", default=[], metavar="NAME=COMMAND",
+                        help="also time this shell command as contender NAME (repeatable)")
     args = parser.parse_args(argv)
+    args.externals = {}
+    for entry in args.external:
+        name, sep, command = entry.partition("=")
+        if not sep or not name or not command or name in CONTENDERS or name in args.externals:
+            parser.error(f"--external {entry!r}: give NAME=COMMAND with a new name")
+        args.externals[name] = command
     names = [n for n in args.contenders.split(",") if n]
     unknown = sorted(set(names) - set(CONTENDERS))
     if unknown or not names:
@@ -179,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True)
         if found.returncode != 0:
             parser.error(f"--past {args.past}: no such commit in {ROOT}")
-    order = [n for n in CONTENDERS if n in names] + ([past_name(args.past)] if args.past else [])
+    order = ([n for n in CONTENDERS if n in names] + ([past_name(args.past)] if args.past else [])
+             + list(args.externals))
     planned = [(r, n, out / f"{n}-r{r + 1}") for r in range(args.repeats) for n in order]
     taken = [str(d) for _, _, d in planned if d.exists()]
     if taken:
@@ -195,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         runs.append(result)
-        print(f"  {100 * result['final_average_accuracy']:.2f}%, {result['command_wall_time_s']:.0f} s "
-              f"(run {result['run_wall_time_s']:.0f} s)", flush=True)
+        if name in args.externals:
+            print(f"  {result['command_wall_time_s']:.0f} s", flush=True)
+        else:
+            print(f"  {100 * result['final_average_accuracy']:.2f}%, {result['command_wall_time_s']:.0f} s "
+                  f"(run {result['run_wall_time_s']:.0f} s)", flush=True)
     table = markdown(runs, args)
     print(table)
     (out / "cl_wall_time.md").write_text(table + "\n")

@@ -9,7 +9,7 @@ from typing import Any
 
 from cl_replay.checks import (BASELINES, HIDDEN_LAYERS, MODELS, ON_NAN, SCENARIOS, STREAMS, check_choice, check_device,
                               check_numbers)
-from cl_replay.config import build_configs, packaged_config, read_yaml, resolve_config
+from cl_replay.config import ConfigError, build_configs, packaged_config, read_yaml, resolve_config
 from cl_replay.settings import ModelConfig
 
 __all__ = ["BASELINES", "CLConfig", "REPLAY_CHUNK", "RESUME_STATE", "available_generators", "check_values",
@@ -42,7 +42,8 @@ class CLConfig:
     without it in the last bits). ``gen_label_weight`` w > 0 ties CP-VAE's categories to classes: category
     k belongs to class k mod C, and the generator's loss adds w * (-log q(class of the row | x)) for
     its current data and its own replay (``strategies.generator_core``); 0 leaves them unsupervised, and
-    generators without categories ignore it.
+    generators without categories ignore it. The classifier's loss is w * L_current + (1 - w) * L_replay
+    with w = ``current_weight``, or 1/t in experience t when it is 0 (van de Ven & Tolias 2019).
     """
 
     stream: str = "split_mnist"
@@ -63,6 +64,7 @@ class CLConfig:
     fc_layers: int = 2
     replay_labels: str = "hard"
     distill_temperature: float = 2.0
+    current_weight: float = 0.0
     replay_balance: str = "none"
     balance_samples: int = 200
     buffer_per_class: int = 100
@@ -126,7 +128,9 @@ def check_values(values: dict[str, Any]) -> None:
                                     "replay_chunk"),
                   non_negative=("n_experiences", "joint_iterations", "gen_iterations", "gen_batch_size",
                                 "gen_replay_batch_size", "gen_kl_warmup", "gen_temperature_iterations",
-                                "grid_samples", "threads", "gen_label_weight"))
+                                "grid_samples", "threads", "gen_label_weight", "current_weight"))
+    if float(values.get("current_weight", 0.0)) > 1.0:
+        raise ConfigError(f"current_weight must be at most 1 (0 means 1/t), got {values['current_weight']}")
 
 
 def configs_from_values(values: dict[str, Any], source: str) -> tuple[CLConfig, ModelConfig]:

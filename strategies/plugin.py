@@ -13,7 +13,9 @@ In experience t (1-based) the plugin
   frozen classifier (both done ``replay_chunk`` batches at a time, ``ReplayChunks``), and
   replaces the template's loss L_current by
 
-      L = (1/t) * L_current + (1 - 1/t) * L_replay                (van de Ven & Tolias 2019)
+      L = w * L_current + (1 - w) * L_replay,   w = 1/t           (van de Ven & Tolias 2019)
+
+  or a fixed w = ``current_weight`` (e.g. 0.5: each new task weighs as much as all earlier ones);
 
   where L_replay is the cross-entropy with the ``hard`` labels (arg-max) or, ``soft``, the
   distillation loss T^2 * cross-entropy(softmax(prev / T), softmax(logits / T)) at temperature T;
@@ -31,7 +33,7 @@ Logit masks (a bias of 0 for allowed classes, ``MASK`` for the others):
   sample is labelled for each previous task and L_replay averages the per-task losses.
 
 The template's own loss (its criterion, and penalties other plugins add later, e.g. EWC's) is left
-as it is apart from the 1/t weight. The replay's forward pass is the plugin's own, unless the
+as it is apart from the weight w. The replay's forward pass is the plugin's own, unless the
 template already computed the replay logits in its forward pass and set ``replay_logits``
 (``ReplayStrategy`` does: one pass over current and replayed inputs).
 """
@@ -144,6 +146,8 @@ class ReplayPlugin(SupervisedPlugin):
     :param replay_chunk: replay batches drawn and labelled at once, then served one per iteration
         (``generator_core.ReplayChunks``).
     :param replay_labels: ``hard`` or ``soft`` (distillation at ``distill_temperature``).
+    :param current_weight: the weight w of the current experience's loss, in (0, 1]; None (the
+        default) is 1/t.
     :param tensor_source: ``dataset -> ExperienceTensors | None`` giving an experience's data as
         tensors; by default (or when it returns None) the dataset is read once with a DataLoader.
     """
@@ -159,12 +163,16 @@ class ReplayPlugin(SupervisedPlugin):
         replay_chunk: int = REPLAY_CHUNK,
         replay_labels: str = "hard",
         distill_temperature: float = 2.0,
+        current_weight: float | None = None,
         tensor_source: Callable[[object], ExperienceTensors | None] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
         if replay_labels not in ("hard", "soft"):
             raise ValueError(f"replay_labels must be 'hard' or 'soft', got {replay_labels!r}")
+        if current_weight is not None and not 0.0 < current_weight <= 1.0:
+            raise ValueError(f"current_weight must be in (0, 1] (or None for 1/t), got {current_weight}")
+        self.current_weight = current_weight
         self.source = source
         self.labels = LabelSpace(num_classes, scenario, task_classes, device)
         self.replay_mb_size = replay_mb_size
@@ -240,7 +248,7 @@ class ReplayPlugin(SupervisedPlugin):
         if self.batch is None:
             return
         logits = self.replay_logits if self.replay_logits is not None else strategy.model(self.batch.x)
-        weight = 1.0 / self.t
+        weight = 1.0 / self.t if self.current_weight is None else self.current_weight
         replay = self.replay_loss(logits, self.batch)
         self.loss_terms = {"current": strategy.loss.detach(), "replay": replay.detach()}
         strategy.loss = weight * strategy.loss + (1.0 - weight) * replay

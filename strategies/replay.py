@@ -103,6 +103,7 @@ class ReplayStrategy(SupervisedTemplate):
     :param iterations: classifier iterations per experience.
     :param replay_chunk: replay batches drawn and labelled at once (see ``ReplayPlugin``).
     :param replay_labels: ``hard`` or ``soft`` (distillation at ``distill_temperature``).
+    :param current_weight: the weight of the current experience's loss (None: 1/t; see ``ReplayPlugin``).
     :param tensor_source: ``dataset -> ExperienceTensors | None`` (e.g. ``ContinualStream.tensors``);
         datasets it does not know are read once through a DataLoader.
     :param progress: a tqdm bar advanced once per classifier / generator iteration.
@@ -125,6 +126,7 @@ class ReplayStrategy(SupervisedTemplate):
         eval_mb_size: int = 1000,
         replay_labels: str = "hard",
         distill_temperature: float = 2.0,
+        current_weight: float | None = None,
         tensor_source=None,
         progress=None,
         device: str | torch.device = "cpu",
@@ -135,7 +137,8 @@ class ReplayStrategy(SupervisedTemplate):
         replay_plugin = ReplayPlugin(
             replay or NoReplay(), num_classes=num_classes, scenario=scenario, task_classes=task_classes,
             replay_mb_size=replay_mb_size, replay_chunk=replay_chunk, replay_labels=replay_labels,
-            distill_temperature=distill_temperature, tensor_source=self.experience_tensors, device=device,
+            distill_temperature=distill_temperature, current_weight=current_weight,
+            tensor_source=self.experience_tensors, device=device,
         )
         replay_plugin.progress = progress
         kwargs = {} if evaluator is None else {"evaluator": evaluator}

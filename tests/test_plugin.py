@@ -130,3 +130,31 @@ def test_plugin_runs_with_regularisation_templates(template: str):
     assert all(after == before for before, after in losses[:8])  # experience 1: nothing to replay
     assert all(after != before for before, after in losses[8:])  # experience 2: (L + L_replay) / 2
     assert [s["iterations"] for s in plugin.stats] == [10, 0]  # a stream of 2: nothing replays after the last
+
+
+@pytest.mark.parametrize("current_weight", [None, 0.8])
+def test_the_current_loss_weighs_one_over_t_or_the_weight_given(current_weight):
+    """L = w * L_current + (1 - w) * L_replay in experiences 2 and 3, w = 1/t unless given."""
+    stream = synthetic_stream(3)
+    plugin = tiny_plugin(stream.num_classes, iterations=5, current_weight=current_weight, stream_length=3)
+    strategy = avalanche_template("naive", stream, [plugin], epochs=1)
+    checked = []
+    original = plugin.before_backward
+
+    def spy(strategy, *args, **kwargs):
+        original(strategy, *args, **kwargs)
+        if plugin.t > 1:
+            w = 1.0 / plugin.t if current_weight is None else current_weight
+            expected = w * plugin.loss_terms["current"] + (1 - w) * plugin.loss_terms["replay"]
+            torch.testing.assert_close(strategy.loss.detach(), expected)
+            checked.append(plugin.t)
+
+    plugin.before_backward = spy
+    for experience in stream.train_stream:
+        strategy.train(experience)
+    assert sorted(set(checked)) == [2, 3]
+
+
+def test_a_current_weight_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="current_weight"):
+        tiny_plugin(4, current_weight=1.5)

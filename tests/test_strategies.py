@@ -448,6 +448,8 @@ def test_config_errors_name_valid_choices():
         load_config("split_mnist", overrides={"generator": "gan"})
     with pytest.raises(ConfigError, match="split_fashion_mnist"):
         load_config("split_cifar")
+    with pytest.raises(ConfigError, match="current_weight"):
+        load_config("split_mnist", overrides={"current_weight": 1.5})
     cl, model = load_config("split_mnist", overrides={"generator": "vae", "iterations": 7})
     assert cl.iterations == 7 and model.model == "vae" and model.categories == 20
 
