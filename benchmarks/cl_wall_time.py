@@ -105,32 +105,32 @@ def run_command(name: str, run_dir: Path, args: argparse.Namespace) -> list[str]
     return command
 
 
-def run_external(name: str, command: str, run_dir: Path) -> dict:
-    """Run an ``--external`` contender's shell command; returns its command wall time."""
+def timed_run(name: str, command: list[str] | str, log_path: Path, **options) -> float:
+    """Run ``command`` (``subprocess.run`` ``options``: cwd, env, shell) with its output in
+    ``log_path``; returns its wall time, or raises with the log's tail when it fails."""
     start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "w") as log:
-        finished = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, **options)
     wall = time.perf_counter() - start
     if finished.returncode != 0:
-        tail = run_dir.with_suffix(".log").read_text().splitlines()[-15:]
-        raise RuntimeError(f"{name} failed (exit {finished.returncode}): {command}\n" + "\n".join(tail))
-    return {"contender": name, "command": command, "command_wall_time_s": wall, "external": True}
+        shown = command if isinstance(command, str) else " ".join(command)
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"{name} failed (exit {finished.returncode}): {shown}\n" + "\n".join(tail))
+    return wall
 
 
 def run_contender(name: str, run_dir: Path, args: argparse.Namespace) -> dict:
-    """Run one contender; returns its ``results.json`` figures and the command's wall time."""
-    if name in args.externals:
-        return run_external(name, args.externals[name], run_dir)
+    """Run one contender; returns its ``results.json`` figures (none for an ``--external`` one) and
+    the command's wall time."""
+    log_path = run_dir.with_suffix(".log")
+    if name in args.externals:  # another project's command: only its wall time
+        command = args.externals[name]
+        return {"contender": name, "command": command,
+                "command_wall_time_s": timed_run(name, command, log_path, shell=True)}
     command = run_command(name, run_dir, args)
     code = ROOT if name in CONTENDERS else extract_commit(args.past, run_dir.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])))
-    start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "w") as log:
-        finished = subprocess.run(command, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if finished.returncode != 0:
-        tail = run_dir.with_suffix(".log").read_text().splitlines()[-15:]
-        raise RuntimeError(f"{name} failed (exit {finished.returncode}): {' '.join(command)}\n" + "\n".join(tail))
+    wall = timed_run(name, command, log_path, cwd=code, env=env)
     results = json.loads((run_dir / "results.json").read_text())
     return {"contender": name, "run_dir": str(run_dir), "command": command, "command_wall_time_s": wall,
             "run_wall_time_s": results["wall_time_s"], "final_average_accuracy": results["final_average_accuracy"],

@@ -295,7 +295,8 @@ def run_experiment(cl: CLConfig, model_config: ModelConfig | None = None, *, str
         train_mb_size=cl.batch_size, replay_mb_size=cl.replay_batch_size, replay_chunk=cl.replay_chunk,
         eval_mb_size=cl.eval_batch_size,
         replay_labels=cl.replay_labels, distill_temperature=cl.distill_temperature,
-        current_weight=cl.current_weight or None, tensor_source=stream.tensors, progress=progress, device=device, evaluator=evaluator, on_nan=cl.on_nan,
+        current_weight=cl.current_weight or None, tensor_source=stream.tensors, progress=progress, device=device,
+        evaluator=evaluator, on_nan=cl.on_nan,
     )
     echo(f"run folder: {run_dir}   ({stream.name}, {cl.scenario}-incremental, {T} experiences, "
          f"generator {cl.generator}, device {device})")
