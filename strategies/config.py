@@ -42,7 +42,9 @@ class CLConfig:
     without it in the last bits). ``gen_label_weight`` w > 0 ties CP-VAE's categories to classes: category
     k belongs to class k mod C, and the generator's loss adds w * (-log q(class of the row | x)) for
     its current data and its own replay (``strategies.generator_core``); 0 leaves them unsupervised, and
-    generators without categories ignore it. The classifier's loss is w * L_current + (1 - w) * L_replay
+    generators without categories ignore it. ``gen_tie_to: task`` (task-incremental) ties them to tasks
+    instead: category k belongs to task k mod T, and each replayed sample is rehearsed on the head of
+    its category's task only. The classifier's loss is w * L_current + (1 - w) * L_replay
     with w = ``current_weight``, or 1/t in experience t when it is 0 (van de Ven & Tolias 2019).
     """
 
@@ -77,6 +79,7 @@ class CLConfig:
     gen_temperature_iterations: int = 0
     gen_temperature_restart: bool = True
     gen_label_weight: float = 0.0
+    gen_tie_to: str = "class"
     aggregate_samples: int = 10000
     replay_chunk: int = REPLAY_CHUNK
     train_generator_after_last_experience: bool = False
@@ -118,7 +121,7 @@ def check_values(values: dict[str, Any]) -> None:
     defaults = CLConfig()
     for key, valid in (("stream", STREAMS), ("generator", available_generators()), ("scenario", SCENARIOS),
                        ("replay_labels", ("hard", "soft")), ("replay_balance", ("none", "class")),
-                       ("eval_split", ("test", "val")), ("on_nan", ON_NAN)):
+                       ("eval_split", ("test", "val")), ("on_nan", ON_NAN), ("gen_tie_to", ("class", "task"))):
         check_choice(key, values.get(key, getattr(defaults, key)), valid)
     check_choice("hidden_layer", values.get("hidden_layer", ModelConfig.hidden_layer), HIDDEN_LAYERS)
     check_device(str(values.get("device", defaults.device)))
@@ -129,6 +132,9 @@ def check_values(values: dict[str, Any]) -> None:
                   non_negative=("n_experiences", "joint_iterations", "gen_iterations", "gen_batch_size",
                                 "gen_replay_batch_size", "gen_kl_warmup", "gen_temperature_iterations",
                                 "grid_samples", "threads", "gen_label_weight", "current_weight"))
+    if values.get("gen_tie_to", defaults.gen_tie_to) == "task" and values.get("scenario", defaults.scenario) != "task":
+        raise ConfigError("gen_tie_to=task ties the generator's categories to the tasks of a task-incremental "
+                          "stream: use it with scenario=task")
     if float(values.get("current_weight", 0.0)) > 1.0:
         raise ConfigError(f"current_weight must be at most 1 (0 means 1/t), got {values['current_weight']}")
 

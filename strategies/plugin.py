@@ -29,8 +29,10 @@ Logit masks (a bias of 0 for allowed classes, ``MASK`` for the others):
   outputs over the classes seen before experience t; L_replay's softmax spans the classes seen so
   far (the current ones get target 0);
 * task-incremental (``scenario='task'``, with ``task_classes``): a single-head model whose logits
-  are masked to a task's classes; generated replay carries no task label, so every replayed
-  sample is labelled for each previous task and L_replay averages the per-task losses.
+  are masked to a task's classes. A memory replays each example on its own task's head, and so does
+  a generator whose categories are tied to tasks (each sample on the head of the task of its
+  category); other generated replay carries no task label, so every replayed sample is labelled for
+  each previous task and L_replay averages the per-task losses.
 
 The template's own loss (its criterion, and penalties other plugins add later, e.g. EWC's) is left
 as it is apart from the weight w. The replay's forward pass is the plugin's own, unless the
@@ -281,7 +283,7 @@ class ReplayPlugin(SupervisedPlugin):
         if labels.scenario == "class":
             old = labels.seen_before_bias()
             heads = [(labels.active_bias(), y_stored if use_stored else self._targets(prev_logits, old))]
-        elif t_stored is not None:  # stored task labels: one head per sample
+        elif t_stored is not None:  # a task per sample (stored, or its category's): one head per sample
             bias = labels.task_bias[t_stored]
             heads = [(bias, y_stored if use_stored else self._targets(prev_logits, bias))]
         else:  # generated replay in task-IL: labelled for every previous task
@@ -319,6 +321,9 @@ class CPVAEReplayPlugin(ReplayPlugin):
     :param schedule: how the generator trains after each experience (``GeneratorSchedule``);
         ``GeneratorSchedule(label_weight=1.0)`` ties the categories to classes (category k to class
         k mod ``label_classes``, by default ``num_classes``; it needs K >= that many categories).
+    :param tie_to: with tied categories, ``class`` or ``task``: category k then belongs to task
+        k mod ``label_classes`` (by default the number of ``task_classes``) and replays on that
+        task's head (task-incremental only).
     :param lr, betas: the generator's Adam.
     :param worker: a ``GeneratorWorker`` to train the generator in a parallel process.
     :param writer: a TensorBoard ``SummaryWriter`` for the generator's losses.
@@ -338,16 +343,21 @@ class CPVAEReplayPlugin(ReplayPlugin):
     def __init__(self, generator: nn.Module, *, num_classes: int, schedule: GeneratorSchedule | None = None,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), worker=None, writer=None,
                  class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None,
-                 pooled_threads: int = 0, classifier_pooled_threads: int = 0, **options) -> None:
+                 pooled_threads: int = 0, classifier_pooled_threads: int = 0, tie_to: str = "class",
+                 **options) -> None:
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         schedule = schedule or GeneratorSchedule()
+        if tie_to == "task" and options.get("scenario") != "task":
+            raise ValueError("tie_to='task' ties the categories to the tasks of a task-incremental stream: "
+                             "it needs scenario='task' and task_classes")
         if schedule.label_weight > 0 and not schedule.label_classes:
-            schedule = replace(schedule, label_classes=num_classes)
+            tied = len(options["task_classes"]) if tie_to == "task" else num_classes
+            schedule = replace(schedule, label_classes=tied)
         source = GeneratorReplay(generator, schedule, lr=lr, betas=betas, writer=writer,
                                  worker=worker, class_balance=class_balance, balance_samples=balance_samples,
                                  stream_length=stream_length, pooled_threads=pooled_threads,
-                                 classifier_pooled_threads=classifier_pooled_threads)
+                                 classifier_pooled_threads=classifier_pooled_threads, tie_to=tie_to)
         super().__init__(source, num_classes=num_classes, **options)
 
     @property

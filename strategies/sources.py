@@ -147,13 +147,21 @@ class GeneratorReplay(ReplaySource):
     Given ``stream_length`` (the number of experiences), the generator is not trained after the
     last one: nothing would replay from it. Without it the stream may go on, and the generator is
     trained after every experience.
+
+    With categories tied (``schedule.label_weight`` > 0), ``tie_to`` names what they are tied to:
+    ``class`` (the data's labels y) or ``task`` (its task labels t, ``schedule.label_classes`` the
+    number of tasks). Tied to tasks, every replayed sample carries the task of the category it was
+    drawn from (k mod tasks), so that a task-incremental classifier rehearses it on that task's head only.
     """
 
     def __init__(self, generator: GeneratorCore, schedule: GeneratorSchedule, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), writer=None, batch_hook=None, worker=None,
                  class_balance: bool = False, balance_samples: int = 200, stream_length: int | None = None,
-                 pooled_threads: int = 0, classifier_pooled_threads: int = 0) -> None:
+                 pooled_threads: int = 0, classifier_pooled_threads: int = 0, tie_to: str = "class") -> None:
+        if tie_to not in ("class", "task"):
+            raise ValueError(f"tie_to must be 'class' or 'task', got {tie_to!r}")
         self.generator = generator
+        self.tie_to = tie_to
         self.own_threads = torch.get_num_threads()
         self.pooled_threads = pooled_threads if worker is not None else 0
         self.classifier_pooled_threads = classifier_pooled_threads if worker is not None else 0
@@ -219,9 +227,16 @@ class GeneratorReplay(ReplaySource):
             self.balance_report[f"replay_class_histogram_{name}"] = {c: round(float(histogram[c]), 4) for c in replay_classes}
         return weights.to(self.previous.device)
 
+    @property
+    def tied_to_tasks(self) -> bool:
+        return self.schedule.label_weight > 0 and self.tie_to == "task"
+
     def _labels(self, data) -> torch.Tensor | None:
-        """The experience's labels when the generator's categories are tied to classes (else not sent)."""
-        return data.y if self.schedule.label_weight > 0 else None
+        """What the generator's categories are tied to, when they are: the experience's classes or its
+        tasks (else nothing is sent)."""
+        if self.schedule.label_weight <= 0:
+            return None
+        return data.t if self.tie_to == "task" else data.y
 
     def poll_progress(self, progress):
         if self.worker is not None and progress is not None:
@@ -231,7 +246,10 @@ class GeneratorReplay(ReplaySource):
                 self._progress_seen = count
 
     def sample(self, n):
-        return self.sampler.sample(n), None, None
+        if not self.tied_to_tasks:
+            return self.sampler.sample(n), None, None
+        x, categories = self.sampler.sample_with_categories(n).tensors
+        return x, None, categories % self.schedule.label_classes
 
     def end_experience(self, data, t, progress=None):
         if torch.get_num_threads() != self.own_threads:

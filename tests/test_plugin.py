@@ -78,6 +78,19 @@ def test_plugin_ties_categories_to_the_stream_classes_when_asked():
     assert all("category_label_nll" in s["final"] for s in plugin.stats)
 
 
+def test_plugin_ties_categories_to_tasks_only_in_a_task_incremental_stream():
+    stream = synthetic_stream(3, scenario="task")
+    schedule = GeneratorSchedule(iterations=20, batch_size=16, replay_batch_size=16, aggregate_samples=200,
+                                 label_weight=1.0)
+    with pytest.raises(ValueError, match="scenario='task'"):
+        CPVAEReplayPlugin(build_model(tiny_model_config(categories=6)), num_classes=stream.num_classes,
+                          schedule=schedule, tie_to="task")
+    plugin = CPVAEReplayPlugin(build_model(tiny_model_config(categories=6)), num_classes=stream.num_classes,
+                               schedule=schedule, tie_to="task", scenario="task",
+                               task_classes=stream.experience_classes, tensor_source=stream.tensors)
+    assert plugin.source.schedule.label_classes == 3 and plugin.source.tied_to_tasks
+
+
 def test_plugin_and_replay_strategy_replay_the_same_categories_for_a_hand_set_q_c():
     """Experience 2 replays from a generator whose q(c) is set by hand; over the experience both
     loops draw exactly category_counts(iterations * replay batch) of each category."""
