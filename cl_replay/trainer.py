@@ -235,7 +235,8 @@ class Trainer:
         }
         if self.config.is_samples > 0:
             started = time.perf_counter()
-            log_px = evaluation.log_likelihood(self.model, test_x, self.config.is_samples, progress=True)
+            log_px = evaluation.log_likelihood(self.model, test_x, self.config.is_samples, progress=True,
+                                               partial=self.run_dir / "checkpoints" / "nll_partial.pt")
             metrics |= {"test_nll": float(-log_px.mean()), "is_samples": self.config.is_samples,
                         "nll_seconds": time.perf_counter() - started}
         clusters = self.model.categorize(test_x)

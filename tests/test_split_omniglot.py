@@ -7,6 +7,7 @@ Tiny PNG trees are written by the tests; one smoke test reads the real Omniglot 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,8 @@ def test_both_scenarios_run_end_to_end(tiny_tree: Path, tmp_path: Path, scenario
                   data_root=str(tiny_tree), iterations=30, batch_size=16, replay_batch_size=16, fc_units=32,
                   replay_labels="soft", aggregate_samples=100, eval_batch_size=64, grid_samples=10, progress=False,
                   parallel_generator=False, out=str(tmp_path / scenario))
+    if scenario == "task":  # the task-incremental settings of configs/cl/split_omniglot.yaml
+        cl = replace(cl, gen_label_weight=1.0, gen_tie_to="task")
     model = ModelConfig(model="cpvae", latent_dim=4, hidden=32, categories=6, likelihood="bernoulli")
     results = run_experiment(cl, model, echo=lambda *_: None)
     matrix = torch.tensor(results["accuracy_matrix"])
@@ -141,6 +144,7 @@ def test_both_scenarios_run_end_to_end(tiny_tree: Path, tmp_path: Path, scenario
     assert [s["iterations"] for s in stats] == [30, 30, 0]  # nothing replays from a generator trained last
     if scenario == "task":  # 3 characters per task: far above chance (1/3) after training on it
         assert float(matrix[-1, -1]) > 0.6
+        assert all("category_label_nll" in s["final_losses"] for s in stats[:2])  # categories tied to the tasks
 
 
 # --------------------------------------------------------------------------- real data
