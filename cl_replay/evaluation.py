@@ -75,12 +75,11 @@ def log_likelihood(
     was_training = model.training
     model.eval()
     batches = x.split(batch_size)
-    partial = None if partial is None else Path(partial)
-    fingerprint = results = None
+    results: list[torch.Tensor] = []
     if partial is not None:
+        partial = Path(partial)
         fingerprint = _fingerprint(model, x, (num_samples, batch_size, samples_per_call))
         results = _load_partial(partial, fingerprint)
-    results = results or []
     bar = tqdm(total=len(batches), initial=len(results), desc="log-likelihood", disable=not progress, leave=False)
     for batch in batches[len(results):]:
         log_total = torch.full((batch.shape[0],), -math.inf, device=batch.device)

@@ -348,7 +348,7 @@ class CPVAEReplayPlugin(ReplayPlugin):
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         schedule = schedule or GeneratorSchedule()
-        if tie_to == "task" and options.get("scenario") != "task":
+        if tie_to == "task" and (options.get("scenario") != "task" or not options.get("task_classes")):
             raise ValueError("tie_to='task' ties the categories to the tasks of a task-incremental stream: "
                              "it needs scenario='task' and task_classes")
         if schedule.label_weight > 0 and not schedule.label_classes:

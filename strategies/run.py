@@ -184,11 +184,11 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
     config = replace(model_config, model=cl.generator, input_dim=input_dim)
     generator = ReplayGenerator(build_model(config), cl.generator).to(device)
     label_weight = cl.gen_label_weight if generator.categorical else 0.0  # nothing to tie without categories
-    tied = (stream_length, "tasks") if cl.gen_tie_to == "task" else (num_classes, "classes")
-    if label_weight > 0 and config.categories < tied[0]:
-        raise ConfigError(f"gen_label_weight > 0 ties every category to one of the stream's {tied[0]} {tied[1]}: it "
-                          f"needs categories >= {tied[0]}, got categories={config.categories} (raise categories or "
-                          "set gen_label_weight=0)")
+    tied_count, tied_name = (stream_length, "tasks") if cl.gen_tie_to == "task" else (num_classes, "classes")
+    if label_weight > 0 and config.categories < tied_count:
+        raise ConfigError(f"gen_label_weight > 0 ties every category to one of the stream's {tied_count} {tied_name}: "
+                          f"it needs categories >= {tied_count}, got categories={config.categories} (raise categories "
+                          "or set gen_label_weight=0)")
     worker = None
     if cl.parallel_generator and device.type == "cpu" and batch_hook is None:
         from .worker import GeneratorWorker
@@ -207,7 +207,7 @@ def _build_replay(cl: CLConfig, model_config: ModelConfig, input_dim: int, devic
         replay_chunk=cl.replay_chunk,
         on_nan=cl.on_nan,
         label_weight=label_weight,
-        label_classes=tied[0],
+        label_classes=tied_count,
     )
     return GeneratorReplay(generator, schedule, lr=cl.gen_lr, betas=(cl.adam_beta1, cl.adam_beta2), writer=writer,
                            batch_hook=batch_hook, worker=worker, class_balance=cl.replay_balance == "class",

@@ -131,7 +131,7 @@ def test_both_scenarios_run_end_to_end(tiny_tree: Path, tmp_path: Path, scenario
                   data_root=str(tiny_tree), iterations=30, batch_size=16, replay_batch_size=16, fc_units=32,
                   replay_labels="soft", aggregate_samples=100, eval_batch_size=64, grid_samples=10, progress=False,
                   parallel_generator=False, out=str(tmp_path / scenario))
-    if scenario == "task":  # the task-incremental settings of configs/cl/split_omniglot.yaml
+    if scenario == "task":  # with the categories tied to the tasks (gen_tie_to=task)
         cl = replace(cl, gen_label_weight=1.0, gen_tie_to="task")
     model = ModelConfig(model="cpvae", latent_dim=4, hidden=32, categories=6, likelihood="bernoulli")
     results = run_experiment(cl, model, echo=lambda *_: None)
