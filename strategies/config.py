@@ -42,9 +42,9 @@ class CLConfig:
     without it in the last bits). ``gen_label_weight`` w > 0 ties CP-VAE's categories to classes: category
     k belongs to class k mod C, and the generator's loss adds w * (-log q(class of the row | x)) for
     its current data and its own replay (``strategies.generator_core``); 0 leaves them unsupervised, and
-    generators without categories ignore it. ``gen_tie_to: task`` (task-incremental) ties them to tasks
-    instead: category k belongs to task k mod T, and each replayed sample is rehearsed on the head of
-    its category's task only. The classifier's loss is w * L_current + (1 - w) * L_replay
+    generators without categories ignore it. ``gen_tie_to: task`` ties them to the T experiences
+    instead: category k belongs to experience (task) k mod T; task-incremental, each replayed sample
+    is rehearsed on the head of its category's task only. The classifier's loss is w * L_current + (1 - w) * L_replay
     with w = ``current_weight``, or 1/t in experience t when it is 0 (van de Ven & Tolias 2019).
     """
 
@@ -132,9 +132,6 @@ def check_values(values: dict[str, Any]) -> None:
                   non_negative=("n_experiences", "joint_iterations", "gen_iterations", "gen_batch_size",
                                 "gen_replay_batch_size", "gen_kl_warmup", "gen_temperature_iterations",
                                 "grid_samples", "threads", "gen_label_weight", "current_weight"))
-    if values.get("gen_tie_to", defaults.gen_tie_to) == "task" and values.get("scenario", defaults.scenario) != "task":
-        raise ConfigError("gen_tie_to=task ties the generator's categories to the tasks of a task-incremental "
-                          "stream: use it with scenario=task")
     if float(values.get("current_weight", 0.0)) > 1.0:
         raise ConfigError(f"current_weight must be at most 1 (0 means 1/t), got {values['current_weight']}")
 

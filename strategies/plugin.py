@@ -322,8 +322,9 @@ class CPVAEReplayPlugin(ReplayPlugin):
         ``GeneratorSchedule(label_weight=1.0)`` ties the categories to classes (category k to class
         k mod ``label_classes``, by default ``num_classes``; it needs K >= that many categories).
     :param tie_to: with tied categories, ``class`` or ``task``: category k then belongs to task
-        k mod ``label_classes`` (by default the number of ``task_classes``) and replays on that
-        task's head (task-incremental only).
+        k mod ``label_classes`` (by default the number of ``task_classes``, else ``stream_length``),
+        experience t being task t - 1; task-incremental, it replays on that task's head. In a
+        class-incremental stream the experiences take the tasks' place.
     :param lr, betas: the generator's Adam.
     :param worker: a ``GeneratorWorker`` to train the generator in a parallel process.
     :param writer: a TensorBoard ``SummaryWriter`` for the generator's losses.
@@ -348,11 +349,11 @@ class CPVAEReplayPlugin(ReplayPlugin):
         if not isinstance(generator, GeneratorCore):
             generator = ReplayGenerator(generator)
         schedule = schedule or GeneratorSchedule()
-        if tie_to == "task" and (options.get("scenario") != "task" or not options.get("task_classes")):
-            raise ValueError("tie_to='task' ties the categories to the tasks of a task-incremental stream: "
-                             "it needs scenario='task' and task_classes")
         if schedule.label_weight > 0 and not schedule.label_classes:
-            tied = len(options["task_classes"]) if tie_to == "task" else num_classes
+            tied = num_classes if tie_to == "class" else len(options.get("task_classes") or ()) or stream_length
+            if not tied:
+                raise ValueError("tie_to='task' ties the categories to the stream's tasks: give their number "
+                                 "(task_classes, stream_length or schedule.label_classes)")
             schedule = replace(schedule, label_classes=tied)
         source = GeneratorReplay(generator, schedule, lr=lr, betas=betas, writer=writer,
                                  worker=worker, class_balance=class_balance, balance_samples=balance_samples,

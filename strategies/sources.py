@@ -149,9 +149,12 @@ class GeneratorReplay(ReplaySource):
     trained after every experience.
 
     With categories tied (``schedule.label_weight`` > 0), ``tie_to`` names what they are tied to:
-    ``class`` (the data's labels y) or ``task`` (its task labels t, ``schedule.label_classes`` the
-    number of tasks). Tied to tasks, every replayed sample carries the task of the category it was
-    drawn from (k mod tasks), so that a task-incremental classifier rehearses it on that task's head only.
+    ``class`` (the data's labels y) or ``task``: experience t is task t - 1 (a task-incremental
+    stream's task; in a class-incremental stream the experiences take the tasks' place), and
+    ``schedule.label_classes`` is the number of tasks. Tied to tasks, every replayed sample carries
+    the task of the category it was drawn from (k mod tasks): a task-incremental classifier rehearses
+    it on that task's head only, a class-incremental one on its one head like any replay; either way
+    every task keeps categories of its own, and the replay follows the tasks' shares of q(c).
     """
 
     def __init__(self, generator: GeneratorCore, schedule: GeneratorSchedule, lr: float = 1e-3,
@@ -203,7 +206,7 @@ class GeneratorReplay(ReplaySource):
         if self.worker is not None and self.trains_after(t):
             if self.pooled_threads:
                 self.worker.grant_threads(self.own_threads)
-            self.worker.submit(data.x, t, self.schedule, self._labels(data))
+            self.worker.submit(data.x, t, self.schedule, self._labels(data, t))
         elif self.classifier_pooled_threads:
             torch.set_num_threads(self.classifier_pooled_threads)
 
@@ -231,12 +234,12 @@ class GeneratorReplay(ReplaySource):
     def tied_to_tasks(self) -> bool:
         return self.schedule.label_weight > 0 and self.tie_to == "task"
 
-    def _labels(self, data) -> torch.Tensor | None:
-        """What the generator's categories are tied to, when they are: the experience's classes or its
-        tasks (else nothing is sent)."""
+    def _labels(self, data, t: int) -> torch.Tensor | None:
+        """What the generator's categories are tied to, when they are: the experience's classes, or its
+        task t - 1 (else nothing is sent)."""
         if self.schedule.label_weight <= 0:
             return None
-        return data.t if self.tie_to == "task" else data.y
+        return torch.full_like(data.y, t - 1) if self.tie_to == "task" else data.y
 
     def poll_progress(self, progress):
         if self.worker is not None and progress is not None:
@@ -259,7 +262,7 @@ class GeneratorReplay(ReplaySource):
         elif self.worker is None:
             stats = train_generator(
                 self.generator, self.previous if t > 1 else None, data.x, t, self.state, self.schedule,
-                progress=progress, writer=self.writer, batch_hook=self.batch_hook, data_y=self._labels(data),
+                progress=progress, writer=self.writer, batch_hook=self.batch_hook, data_y=self._labels(data, t),
             )
         else:
             wait = time.perf_counter()

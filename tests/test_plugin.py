@@ -78,16 +78,20 @@ def test_plugin_ties_categories_to_the_stream_classes_when_asked():
     assert all("category_label_nll" in s["final"] for s in plugin.stats)
 
 
-def test_plugin_ties_categories_to_tasks_only_in_a_task_incremental_stream():
+def test_plugin_ties_categories_to_the_tasks_it_knows_of():
+    """The number of tasks comes from task_classes (task-incremental) or stream_length (class-incremental)."""
     stream = synthetic_stream(3, scenario="task")
     schedule = GeneratorSchedule(iterations=20, batch_size=16, replay_batch_size=16, aggregate_samples=200,
                                  label_weight=1.0)
-    with pytest.raises(ValueError, match="scenario='task'"):
+    with pytest.raises(ValueError, match="number"):
         CPVAEReplayPlugin(build_model(tiny_model_config(categories=6)), num_classes=stream.num_classes,
                           schedule=schedule, tie_to="task")
     plugin = CPVAEReplayPlugin(build_model(tiny_model_config(categories=6)), num_classes=stream.num_classes,
                                schedule=schedule, tie_to="task", scenario="task",
                                task_classes=stream.experience_classes, tensor_source=stream.tensors)
+    assert plugin.source.schedule.label_classes == 3 and plugin.source.tied_to_tasks
+    plugin = CPVAEReplayPlugin(build_model(tiny_model_config(categories=6)), num_classes=stream.num_classes,
+                               schedule=schedule, tie_to="task", stream_length=3)
     assert plugin.source.schedule.label_classes == 3 and plugin.source.tied_to_tasks
 
 

@@ -409,10 +409,13 @@ def test_task_incremental_masks_logits_per_task(tmp_path):
         assert float(target[:, [c for c in range(6) if c not in (2 * k, 2 * k + 1)]].max()) == 0.0
 
 
-def test_categories_tied_to_tasks_replay_each_sample_on_its_own_task_head():
-    """gen_tie_to=task: category k belongs to task k mod 3; in experience 3 every replayed sample
-    carries the task of its category (0 or 1, never the current 2) and is rehearsed on that head only."""
-    stream = synthetic_stream(3, scenario="task", per_class=80)
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_categories_tied_to_tasks_keep_every_task_in_its_own_categories(scenario):
+    """gen_tie_to=task: category k belongs to task (experience) k mod 3; in experience 3 every
+    replayed sample carries the task of its category (0 or 1, never the current 2), and each task's
+    data goes to its own categories. Task-incremental, each sample is rehearsed on its task's head
+    only; class-incremental, on the one head over the classes seen, like any replay."""
+    stream = synthetic_stream(3, scenario=scenario, per_class=80)
     torch.manual_seed(0)
     generator = ReplayGenerator(build_model(tiny_model_config(categories=6)), "cpvae")
     schedule = GeneratorSchedule(iterations=200, batch_size=16, replay_batch_size=16, temperature_iterations=200,
@@ -437,23 +440,25 @@ def test_categories_tied_to_tasks_replay_each_sample_on_its_own_task_head():
     heads = strategy.last_replay.heads
     assert len(heads) == 1
     bias, target = heads[0]
-    for row_bias, row_target in zip(bias, target):  # one task's head per sample, soft targets on it only
-        allowed = (row_bias == 0).nonzero().flatten().tolist()
-        assert allowed in ([0, 1], [2, 3])
-        assert float(row_target[allowed].sum()) == pytest.approx(1.0)
-    assert len({tuple((row == 0).nonzero().flatten().tolist()) for row in bias}) == 2  # both old tasks replayed
+    if scenario == "task":
+        for row_bias, row_target in zip(bias, target):  # one task's head per sample, soft targets on it only
+            allowed = (row_bias == 0).nonzero().flatten().tolist()
+            assert allowed in ([0, 1], [2, 3])
+            assert float(row_target[allowed].sum()) == pytest.approx(1.0)
+        assert len({tuple((row == 0).nonzero().flatten().tolist()) for row in bias}) == 2  # both old tasks replayed
+    else:
+        assert (bias == 0).nonzero()[:, 1].unique().tolist() == list(range(6))  # every class seen so far
+        assert float(target[:, :4].sum(1).min()) == pytest.approx(1.0)  # labelled as classes of tasks 0 and 1
     # The generator keeps every task in its own categories, old tasks through their tied replay.
     for k, data in enumerate(stream.test[:2]):
         assert (generator.model.categorize(data.x) % 3 == k).float().mean() >= 0.9
 
 
-def test_tying_categories_to_tasks_needs_a_task_incremental_stream(tmp_path):
-    cl = tiny_cl_config(tmp_path, gen_label_weight=1.0, gen_tie_to="task")
-    with pytest.raises(ConfigError, match="gen_tie_to=task.*scenario=task"):
-        run_experiment(cl, tiny_model_config(), stream=synthetic_stream(2), echo=lambda *_: None)
+def test_tying_categories_to_tasks_needs_a_category_for_every_task(tmp_path):
+    cl = tiny_cl_config(tmp_path, gen_label_weight=1.0, gen_tie_to="task", scenario="task")
     with pytest.raises(ConfigError, match="3 tasks.*categories=2"):
-        run_experiment(replace(cl, scenario="task"), tiny_model_config(categories=2),
-                       stream=synthetic_stream(3, scenario="task"), echo=lambda *_: None)
+        run_experiment(cl, tiny_model_config(categories=2), stream=synthetic_stream(3, scenario="task"),
+                       echo=lambda *_: None)
 
 
 # --------------------------------------------------------------------------- Avalanche interoperability
